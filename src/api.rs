@@ -1,0 +1,211 @@
+//! The `Replika` custom resource (`replika.prosimcorp.com/v1beta1`).
+//!
+//! Field names, requiredness and printer columns match the earlier Go
+//! operator's CRD, so its manifests apply unchanged; every field added since
+//! is optional. `replika crd` prints the CRD generated from these types.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Label put on every copy; the seed operator's value, kept for compatibility.
+pub const LABEL_CREATED_BY: &str = "replika.prosimcorp.com/created-by";
+/// Value of [`LABEL_CREATED_BY`].
+pub const CREATED_BY_VALUE: &str = "replika-controller";
+/// Label naming the owning Replika (name only, as the seed did).
+pub const LABEL_PART_OF: &str = "replika.prosimcorp.com/part-of";
+/// Annotation naming the owning Replika as `namespace/name`.
+pub const ANNOTATION_OWNER: &str = "replika.prosimcorp.com/owner";
+/// Annotation holding the owning Replika's UID: names collide across time, UIDs do not.
+pub const ANNOTATION_OWNER_UID: &str = "replika.prosimcorp.com/owner-uid";
+/// Annotation holding a digest of the content written into the copy.
+pub const ANNOTATION_CONTENT_HASH: &str = "replika.prosimcorp.com/content-hash";
+/// Finalizer that lets `policy.onReplikaDeleted` act before the Replika goes.
+pub const FINALIZER: &str = "replika.prosimcorp.com/cleanup";
+
+/// Desired state of a Replika: one source object copied into a set of namespaces.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "replika.prosimcorp.com",
+    version = "v1beta1",
+    kind = "Replika",
+    namespaced,
+    status = "ReplikaStatus",
+    category = "replikas",
+    printcolumn = r#"{"name":"Ready", "type":"string", "jsonPath":".status.conditions[?(@.type==\"SourceSynced\")].status"}"#,
+    printcolumn = r#"{"name":"Status", "type":"string", "jsonPath":".status.conditions[?(@.type==\"SourceSynced\")].reason"}"#,
+    printcolumn = r#"{"name":"Desired", "type":"integer", "jsonPath":".status.targets.desired"}"#,
+    printcolumn = r#"{"name":"Synced", "type":"integer", "jsonPath":".status.targets.synced"}"#,
+    printcolumn = r#"{"name":"Age", "type":"date", "jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new(
+    "!has(self.source) || !has(self.source.__namespace__) || !has(self.target.namespaces) || !has(self.target.namespaces.replicateIn) || !(self.source.__namespace__ in self.target.namespaces.replicateIn)"
+).message("spec.target.namespaces.replicateIn must not name the source namespace"))]
+#[serde(rename_all = "camelCase")]
+pub struct ReplikaSpec {
+    pub synchronization: SynchronizationSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+    pub target: TargetSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySpec>,
+}
+
+/// How often the copies are checked against the source, besides reacting to events.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SynchronizationSpec {
+    /// Go-style duration such as `20s`, `1m30s` or `2h`: the periodic resync interval.
+    pub time: String,
+}
+
+/// The object to copy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("self.kind != 'Namespace'").message("a Namespace cannot be replicated"))]
+pub struct SourceSpec {
+    /// API group of the source; empty for the core group.
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    pub name: String,
+    /// Namespace of the source; defaults to the Replika's own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Where the copies go and what extra metadata they carry.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct TargetSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<TargetNamespacesSpec>,
+    /// Labels and annotations added to every copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TargetMetadataSpec>,
+}
+
+/// The target namespace set; see the README for the exact rule.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetNamespacesSpec {
+    /// Namespace names or glob patterns (`team-*`), used when `matchAll` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicate_in: Option<Vec<String>>,
+    /// Target every namespace, minus `excludeFrom`.
+    pub match_all: bool,
+    /// Namespace names or glob patterns never targeted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_from: Option<Vec<String>>,
+    /// Only namespaces whose labels match this selector are targeted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Extra metadata put on every copy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct TargetMetadataSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// What Replika does in situations where users' expectations differ.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<ConflictPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_source_deleted: Option<SourceDeletedPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_replika_deleted: Option<ReplikaDeletedPolicy>,
+}
+
+/// What to do with a same-named object in a target namespace that Replika does not own.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConflictPolicy {
+    /// Leave it untouched and report a conflict.
+    #[default]
+    Refuse,
+    /// Take it over and keep it in sync from now on.
+    Adopt,
+}
+
+/// What happens to the copies when the source object is deleted.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SourceDeletedPolicy {
+    /// Keep the last copies.
+    #[default]
+    Retain,
+    /// Remove the copies.
+    Delete,
+}
+
+/// What happens to the copies when the Replika is deleted.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplikaDeletedPolicy {
+    /// Remove the copies (the seed's behaviour).
+    #[default]
+    Delete,
+    /// Leave the copies in place, no longer managed.
+    Orphan,
+}
+
+impl ReplikaSpec {
+    /// The policies in force, with defaults filled in.
+    pub fn effective_policy(&self) -> EffectivePolicy {
+        let policy = self.policy.clone().unwrap_or_default();
+        EffectivePolicy {
+            conflict: policy.conflict.unwrap_or_default(),
+            on_source_deleted: policy.on_source_deleted.unwrap_or_default(),
+            on_replika_deleted: policy.on_replika_deleted.unwrap_or_default(),
+        }
+    }
+}
+
+/// [`PolicySpec`] with every default applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EffectivePolicy {
+    pub conflict: ConflictPolicy,
+    pub on_source_deleted: SourceDeletedPolicy,
+    pub on_replika_deleted: ReplikaDeletedPolicy,
+}
+
+/// Observed state of a Replika.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplikaStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `SourceSynced` (the seed's condition) and `Ready`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<TargetCounts>,
+    /// The first few namespaces that failed, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<TargetFailure>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_resource_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+/// How many target namespaces there are and how they fare.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetCounts {
+    pub desired: u32,
+    pub synced: u32,
+    pub conflicts: u32,
+    pub failed: u32,
+}
+
+/// One target namespace that is not in sync.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetFailure {
+    pub namespace: String,
+    pub reason: String,
+    pub message: String,
+}

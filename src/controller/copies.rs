@@ -1,0 +1,225 @@
+//! Writes copies into target namespaces, and removes or releases them.
+//!
+//! A copy that does not exist yet is created with POST, which fails rather than
+//! touch an object that appeared meanwhile; every later write is a forced
+//! server-side apply carrying the copy's UID as a precondition, so it only ever
+//! lands on the object Replika created. The first apply after a create moves
+//! the fields from the create's `Update` entry into our `Apply` entry, so that a
+//! key later removed from the source is removed from the copy too.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
+};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use super::MANAGER;
+use super::watches::CopyMeta;
+use crate::api::{
+    ANNOTATION_CONTENT_HASH, ANNOTATION_OWNER, ANNOTATION_OWNER_UID, LABEL_CREATED_BY,
+    LABEL_PART_OF,
+};
+use crate::domain::copy::CopyTemplate;
+
+/// What happened to one target namespace in a pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    InSync,
+    Created,
+    Updated,
+    /// An immutable copy whose content changed was deleted and created again.
+    Replaced,
+    Conflict(String),
+    Failed(String),
+}
+
+/// Resource versions of copies as we last wrote them, by (Replika UID, namespace).
+/// A copy whose resource version moved on was changed by someone else and is re-applied.
+#[derive(Default)]
+pub struct WrittenVersions(Mutex<HashMap<(String, String), String>>);
+
+impl WrittenVersions {
+    fn get(&self, owner_uid: &str, namespace: &str) -> Option<String> {
+        self.lock()
+            .get(&(owner_uid.to_string(), namespace.to_string()))
+            .cloned()
+    }
+
+    fn set(&self, owner_uid: &str, namespace: &str, resource_version: Option<String>) {
+        let key = (owner_uid.to_string(), namespace.to_string());
+        match resource_version {
+            Some(version) => self.lock().insert(key, version),
+            None => self.lock().remove(&key),
+        };
+    }
+
+    /// Drops everything remembered for one Replika.
+    pub fn forget_owner(&self, owner_uid: &str) {
+        self.lock().retain(|(uid, _), _| uid != owner_uid);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Writes for the copies of one Replika in one kind.
+pub struct CopyWriter<'a> {
+    pub client: &'a Client,
+    pub resource: &'a ApiResource,
+    pub owner_uid: &'a str,
+    pub written: &'a WrittenVersions,
+}
+
+impl CopyWriter<'_> {
+    fn api(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, self.resource)
+    }
+
+    /// Whether `existing`, a copy we own, already holds `template`'s content as we wrote it.
+    pub fn is_in_sync(&self, existing: &CopyMeta, template: &CopyTemplate) -> bool {
+        let namespace = existing.namespace().unwrap_or_default();
+        let hash_matches = existing
+            .annotations()
+            .get(ANNOTATION_CONTENT_HASH)
+            .map(String::as_str)
+            == Some(template.content_hash());
+        let created_not_yet_applied =
+            existing
+                .metadata
+                .managed_fields
+                .iter()
+                .flatten()
+                .any(|entry| {
+                    entry.manager.as_deref() == Some(MANAGER)
+                        && entry.operation.as_deref() == Some("Update")
+                });
+        hash_matches
+            && !created_not_yet_applied
+            && self.written.get(self.owner_uid, &namespace) == existing.resource_version()
+    }
+
+    /// Creates the copy in `namespace`; an object already there is reported as a conflict.
+    pub async fn create(&self, namespace: &str, template: &CopyTemplate) -> Outcome {
+        let body = template.for_namespace(namespace);
+        let object: DynamicObject = match serde_json::from_value(body) {
+            Ok(object) => object,
+            Err(error) => return Outcome::Failed(format!("cannot build the copy: {error}")),
+        };
+        let params = PostParams {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
+        };
+        match self.api(namespace).create(&params, &object).await {
+            Ok(created) => {
+                self.written
+                    .set(self.owner_uid, namespace, created.resource_version());
+                Outcome::Created
+            }
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                Outcome::Conflict("an object with this name was created by someone else".into())
+            }
+            Err(error) => Outcome::Failed(describe(&error)),
+        }
+    }
+
+    /// Applies `template` over `existing` (ours, or one being adopted), replacing it
+    /// when it is immutable and its content changed.
+    pub async fn update(&self, existing: &CopyMeta, template: &CopyTemplate) -> Outcome {
+        let namespace = existing.namespace().unwrap_or_default();
+        let uid = existing.uid().unwrap_or_default();
+        let mut body = template.for_namespace(&namespace);
+        // The UID makes the apply fail instead of landing on a same-named newcomer.
+        body["metadata"]["uid"] = Value::String(uid.clone());
+        let params = PatchParams::apply(MANAGER).force();
+        match self
+            .api(&namespace)
+            .patch(&existing.name_any(), &params, &Patch::Apply(&body))
+            .await
+        {
+            Ok(applied) => {
+                self.written
+                    .set(self.owner_uid, &namespace, applied.resource_version());
+                Outcome::Updated
+            }
+            Err(kube::Error::Api(status))
+                if status.is_invalid() && status.message.contains("immutable") =>
+            {
+                self.replace(existing, template).await
+            }
+            Err(error) => Outcome::Failed(describe(&error)),
+        }
+    }
+
+    async fn replace(&self, existing: &CopyMeta, template: &CopyTemplate) -> Outcome {
+        let namespace = existing.namespace().unwrap_or_default();
+        match self.delete(existing).await {
+            Ok(()) => match self.create(&namespace, template).await {
+                Outcome::Created => Outcome::Replaced,
+                other => other,
+            },
+            Err(error) => Outcome::Failed(describe(&error)),
+        }
+    }
+
+    /// Deletes `existing`, only if it is still the object we saw.
+    pub async fn delete(&self, existing: &CopyMeta) -> Result<(), kube::Error> {
+        let namespace = existing.namespace().unwrap_or_default();
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: existing.uid(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        self.written.set(self.owner_uid, &namespace, None);
+        match self
+            .api(&namespace)
+            .delete(&existing.name_any(), &params)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Leaves `existing` in place without Replika's marks, so nothing manages it any more.
+    pub async fn release(&self, existing: &CopyMeta) -> Result<(), kube::Error> {
+        let namespace = existing.namespace().unwrap_or_default();
+        let patch = json!({
+            "metadata": {
+                "uid": existing.uid(),
+                "labels": { LABEL_CREATED_BY: null, LABEL_PART_OF: null },
+                "annotations": { ANNOTATION_OWNER: null, ANNOTATION_OWNER_UID: null, ANNOTATION_CONTENT_HASH: null },
+            }
+        });
+        let params = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
+        };
+        self.written.set(self.owner_uid, &namespace, None);
+        match self
+            .api(&namespace)
+            .patch(&existing.name_any(), &params, &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// The API server's own message when there is one, else the client error.
+pub fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
+        other => other.to_string(),
+    }
+}

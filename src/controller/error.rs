@@ -1,0 +1,31 @@
+//! Errors that make a reconcile pass retry.
+
+use kube::runtime::finalizer;
+
+/// A failure of a whole pass (per-namespace failures are reported in status instead).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Kind(#[from] super::kinds::KindError),
+    #[error("the caches for this Replika did not sync in time")]
+    CacheNotSynced,
+    #[error("{0} copies could not be removed yet")]
+    CleanupIncomplete(usize),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A short, bounded label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Kind(_) => "discovery",
+            Error::CacheNotSynced => "cache_not_synced",
+            Error::CleanupIncomplete(_) => "cleanup_incomplete",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The reconciler and the watches that drive it: all of Replika's Kubernetes I/O
+//! for replication lives here, while the rules it applies live in [`crate::domain`].
+//!
+//! - [`watches`]: caches of namespaces, sources and same-named objects, and the triggers they fire.
+//! - [`kinds`]: discovery of the kinds Replikas name.
+//! - [`copies`]: writing, replacing, pruning and orphaning copies.
+//! - [`reconcile`]: one pass over one Replika.
+//! - [`status`]: conditions, counts and Events.
+
+pub mod copies;
+pub mod error;
+pub mod kinds;
+pub mod reconcile;
+pub mod status;
+pub mod watches;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{Controller, WatchStreamExt};
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::api::Replika;
+pub use error::Error;
+
+/// Name used as field manager for every write and as the Events' reporting controller.
+pub const MANAGER: &str = "replika";
+
+/// Tunables of the engine.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How many copies one Replika writes at once.
+    pub max_parallel_writes: usize,
+    /// How many Replikas are reconciled at once.
+    pub max_parallel_replikas: u16,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_parallel_writes: 32,
+            max_parallel_replikas: 4,
+        }
+    }
+}
+
+/// Everything a reconcile pass needs, shared by all passes.
+pub struct Context {
+    pub client: Client,
+    pub namespaces: watches::NamespaceCache,
+    pub watches: watches::Watches,
+    pub kinds: kinds::KindCache,
+    pub recorder: Recorder,
+    pub written: copies::WrittenVersions,
+    pub settings: Settings,
+}
+
+/// Runs the replication engine until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
+    let (namespace_tx, namespace_rx) = mpsc::unbounded_channel();
+    let (namespaces, namespace_writer) = watches::NamespaceCache::new();
+    let namespace_task = tokio::spawn(watch_namespaces(
+        client.clone(),
+        namespaces.clone(),
+        namespace_writer,
+        namespace_tx,
+    ));
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let context = Arc::new(Context {
+        client: client.clone(),
+        namespaces,
+        watches: watches::Watches::new(client.clone(), trigger_tx),
+        kinds: kinds::KindCache::new(client.clone()),
+        recorder: Recorder::new(client.clone(), reporter),
+        written: copies::WrittenVersions::default(),
+        settings: settings.clone(),
+    });
+    info!("replication engine started");
+    Controller::new(
+        Api::<Replika>::all(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(kube::runtime::Config::default().concurrency(settings.max_parallel_replikas))
+    .reconcile_on(receiver_stream(trigger_rx))
+    .reconcile_all_on(receiver_stream(namespace_rx))
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile::reconcile, reconcile::error_policy, context)
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            warn!(%error, "reconcile failed");
+        }
+    })
+    .await;
+    namespace_task.abort();
+    info!("replication engine stopped");
+}
+
+/// Keeps the namespace cache current and signals every change that can move targets.
+async fn watch_namespaces(
+    client: Client,
+    cache: watches::NamespaceCache,
+    writer: Writer<PartialObjectMeta<Namespace>>,
+    changed: mpsc::UnboundedSender<()>,
+) {
+    let api = Api::<PartialObjectMeta<Namespace>>::all(client);
+    let stream = watcher::watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|ns| ns.metadata.managed_fields = None)
+        .reflect(writer);
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Apply(_) | Event::Delete(_)) => {
+                let _ = changed.send(());
+            }
+            Ok(Event::InitDone) => {
+                cache.mark_synced();
+                let _ = changed.send(());
+            }
+            Ok(Event::Init | Event::InitApply(_)) => {}
+            Err(error) => warn!(%error, "namespace watch failed; retrying"),
+        }
+    }
+}
+
+fn receiver_stream<T>(mut receiver: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}

@@ -1,0 +1,367 @@
+//! One pass over one Replika: validate, resolve the kind, read the caches,
+//! write what differs, prune what is no longer a target, report.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, stream};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use tracing::{info, warn};
+
+use super::copies::{CopyWriter, Outcome, describe};
+use super::kinds::{KindError, ServedKind, display};
+use super::status::{Blocked, PassResult, next_status, publish};
+use super::watches::{CopyCacheKey, CopyMeta, WatchView};
+use super::{Context, Error};
+use crate::api::{ConflictPolicy, FINALIZER, Replika, ReplikaDeletedPolicy, SourceDeletedPolicy};
+use crate::domain::copy::{CopyTemplate, ExtraMetadata, Owner, Ownership, ownership};
+use crate::domain::targets::NamespaceView;
+use crate::domain::validation::{ReplikaPlan, validate};
+
+/// How soon a Replika blocked on something outside its spec is looked at again.
+const RETRY_BLOCKED: Duration = Duration::from_secs(10);
+/// How long a pass waits for a new watch to deliver its first list.
+const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Entry point for the controller: runs the pass under the cleanup finalizer.
+pub async fn reconcile(replika: Arc<Replika>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<Replika> =
+        Api::namespaced(ctx.client.clone(), &replika.namespace().unwrap_or_default());
+    finalizer(&api, FINALIZER, replika, |event| async {
+        match event {
+            FinalizerEvent::Apply(replika) => replicate(&replika, &ctx).await,
+            FinalizerEvent::Cleanup(replika) => cleanup(&replika, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|error| Error::Finalizer(Box::new(error)))
+}
+
+/// Retries a failed pass with a short delay.
+pub fn error_policy(replika: Arc<Replika>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(replika = %ObjectRef::from_obj(&*replika), kind = error.label(), %error, "pass failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn owner_of(replika: &Replika) -> Owner {
+    Owner {
+        namespace: replika.namespace().unwrap_or_default(),
+        name: replika.name_any(),
+        uid: replika.uid().unwrap_or_default(),
+    }
+}
+
+/// The caches and kind a valid Replika works with.
+struct Caches {
+    kind: ServedKind,
+    source: WatchView<DynamicObject>,
+    copies: WatchView<CopyMeta>,
+}
+
+async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
+    let replika_ref = ObjectRef::from_obj(replika);
+    let plan = match validate(&replika.spec, &replika.namespace().unwrap_or_default()) {
+        Ok(plan) => plan,
+        Err(problems) => {
+            ctx.watches.forget(&replika_ref);
+            report(
+                ctx,
+                replika,
+                PassResult::Blocked(Blocked::Invalid(problems)),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let caches = match open_caches(replika, &plan, ctx).await? {
+        Ok(caches) => caches,
+        Err(blocked) => {
+            report(ctx, replika, PassResult::Blocked(blocked)).await?;
+            return Ok(Action::requeue(RETRY_BLOCKED.min(plan.resync)));
+        }
+    };
+    let owner = owner_of(replika);
+    let writer = CopyWriter {
+        client: &ctx.client,
+        resource: &caches.kind.resource,
+        owner_uid: &owner.uid,
+        written: &ctx.written,
+    };
+    let source_key = ObjectRef::new_with(&plan.source.name, caches.kind.resource.clone())
+        .within(&plan.source.namespace);
+    let Some(source) = caches.source.store.get(&source_key) else {
+        let remove = plan.policy.on_source_deleted == SourceDeletedPolicy::Delete;
+        if remove {
+            prune(&writer, &caches.copies, &owner, &BTreeSet::new(), ctx).await;
+        }
+        let blocked = Blocked::SourceNotFound {
+            copies_removed: remove,
+        };
+        report(ctx, replika, PassResult::Blocked(blocked)).await?;
+        return Ok(Action::requeue(plan.resync));
+    };
+    let source_json = serde_json::to_value(&*source).unwrap_or_default();
+    let extra = ExtraMetadata {
+        labels: &plan.extra_labels,
+        annotations: &plan.extra_annotations,
+    };
+    let template = match CopyTemplate::new(&source_json, &owner, &extra) {
+        Ok(template) => template,
+        Err(why) => {
+            report(
+                ctx,
+                replika,
+                PassResult::Blocked(Blocked::SourceNotCopyable(why.to_string())),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    let namespaces = ctx.namespaces.all();
+    let targets = plan.targets.select(
+        namespaces.iter().map(|ns| NamespaceView {
+            name: ns.metadata.name.as_deref().unwrap_or_default(),
+            labels: ns.labels(),
+            terminating: ns.metadata.deletion_timestamp.is_some(),
+        }),
+        &plan.source.namespace,
+    );
+    let existing: BTreeMap<String, Arc<CopyMeta>> = caches
+        .copies
+        .store
+        .state()
+        .into_iter()
+        .filter_map(|object| Some((object.namespace()?, object)))
+        .collect();
+
+    let outcomes: BTreeMap<String, Outcome> = stream::iter(targets.iter().cloned())
+        .map(|namespace| {
+            let found = existing.get(&namespace).cloned();
+            let (writer, template, owner) = (&writer, &template, &owner);
+            async move {
+                let outcome = sync_one(
+                    writer,
+                    found.as_deref(),
+                    &namespace,
+                    template,
+                    owner,
+                    plan.policy.conflict,
+                )
+                .await;
+                (namespace, outcome)
+            }
+        })
+        .buffer_unordered(ctx.settings.max_parallel_writes)
+        .collect()
+        .await;
+    let pruned = prune(&writer, &caches.copies, &owner, &targets, ctx)
+        .await
+        .removed;
+
+    let result = PassResult::Replicated {
+        outcomes,
+        pruned,
+        source_resource_version: source.resource_version(),
+    };
+    report(ctx, replika, result).await?;
+    Ok(Action::requeue(plan.resync))
+}
+
+/// Resolves the kind and opens the watches, or says what blocks replication.
+async fn open_caches(
+    replika: &Replika,
+    plan: &ReplikaPlan,
+    ctx: &Context,
+) -> Result<Result<Caches, Blocked>, Error> {
+    let replika_ref = ObjectRef::from_obj(replika);
+    let kind = match ctx.kinds.resolve(&plan.source.gvk).await {
+        Ok(kind) => kind,
+        Err(KindError::NotServed(message)) => return Ok(Err(Blocked::KindNotServed(message))),
+        Err(error) => return Err(error.into()),
+    };
+    if !kind.namespaced {
+        let problem = format!(
+            "spec.source.kind: {} is cluster-scoped; only namespaced kinds can be replicated",
+            display(&plan.source.gvk)
+        );
+        return Ok(Err(Blocked::Invalid(vec![problem])));
+    }
+    let source = ctx
+        .watches
+        .source(&replika_ref, &plan.source, &kind.resource);
+    let copies = ctx.watches.copies(
+        &replika_ref,
+        &CopyCacheKey {
+            gvk: plan.source.gvk.clone(),
+            name: plan.source.name.clone(),
+        },
+        &kind.resource,
+    );
+    for health in [&source.health, &copies.health] {
+        if let Some(failure) = health.failure() {
+            let kind_name = display(&plan.source.gvk);
+            return Ok(Err(if failure.forbidden {
+                Blocked::Forbidden(format!(
+                    "the operator may not list and watch {kind_name}: grant it with an additive ClusterRole (see the README): {}",
+                    failure.message
+                ))
+            } else {
+                Blocked::WatchFailed(format!("watching {kind_name} failed: {}", failure.message))
+            }));
+        }
+    }
+    if !(source.health.is_synced() && copies.health.is_synced() && ctx.namespaces.is_synced()) {
+        // The watch fires a new pass when its first list arrives.
+        let wait = futures::future::join(
+            source.store.wait_until_ready(),
+            copies.store.wait_until_ready(),
+        );
+        if tokio::time::timeout(CACHE_SYNC_TIMEOUT, wait)
+            .await
+            .is_err()
+            || !ctx.namespaces.is_synced()
+        {
+            return Err(Error::CacheNotSynced);
+        }
+    }
+    Ok(Ok(Caches {
+        kind,
+        source,
+        copies,
+    }))
+}
+
+/// Brings one target namespace in line with the template.
+async fn sync_one(
+    writer: &CopyWriter<'_>,
+    existing: Option<&CopyMeta>,
+    namespace: &str,
+    template: &CopyTemplate,
+    owner: &Owner,
+    conflict: ConflictPolicy,
+) -> Outcome {
+    let Some(existing) = existing else {
+        return writer.create(namespace, template).await;
+    };
+    if existing.metadata.deletion_timestamp.is_some() {
+        return Outcome::Failed(
+            "the copy is being deleted; it will be created again once it is gone".into(),
+        );
+    }
+    match ownership(existing.labels(), existing.annotations(), owner) {
+        Ownership::Ours if writer.is_in_sync(existing, template) => Outcome::InSync,
+        Ownership::Ours => writer.update(existing, template).await,
+        Ownership::OtherReplika(other) => Outcome::Conflict(format!("the object is managed by Replika {other}")),
+        Ownership::Unowned if conflict == ConflictPolicy::Adopt => writer.update(existing, template).await,
+        Ownership::Unowned => Outcome::Conflict(
+            "an object with this name exists and is not managed by Replika (policy.conflict: Refuse)".into(),
+        ),
+    }
+}
+
+/// How many copies a prune removed, and how many it could not.
+#[derive(Clone, Copy, Debug, Default)]
+struct Pruned {
+    removed: usize,
+    failed: usize,
+}
+
+/// Deletes our copies outside `targets`.
+async fn prune(
+    writer: &CopyWriter<'_>,
+    copies: &WatchView<CopyMeta>,
+    owner: &Owner,
+    targets: &BTreeSet<String>,
+    ctx: &Context,
+) -> Pruned {
+    let stale: Vec<Arc<CopyMeta>> = copies
+        .store
+        .state()
+        .into_iter()
+        .filter(|copy| {
+            ownership(copy.labels(), copy.annotations(), owner) == Ownership::Ours
+                && copy.metadata.deletion_timestamp.is_none()
+                && !targets.contains(&copy.namespace().unwrap_or_default())
+        })
+        .collect();
+    stream::iter(stale)
+        .map(|copy| async move {
+            let removed = writer.delete(&copy).await;
+            if let Err(error) = &removed {
+                warn!(namespace = ?copy.namespace(), error = %describe(error), "could not remove a copy");
+            }
+            removed.is_ok()
+        })
+        .buffer_unordered(ctx.settings.max_parallel_writes)
+        .fold(Pruned::default(), |mut total, removed| async move {
+            if removed {
+                total.removed += 1;
+            } else {
+                total.failed += 1;
+            }
+            total
+        })
+        .await
+}
+
+async fn report(ctx: &Context, replika: &Replika, result: PassResult) -> Result<(), Error> {
+    let status = next_status(replika, &result, Timestamp::now());
+    publish(ctx, replika, &result, status).await?;
+    Ok(())
+}
+
+/// Runs when the Replika is deleted: removes or releases its copies, then forgets it.
+async fn cleanup(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
+    let replika_ref = ObjectRef::from_obj(replika);
+    let owner = owner_of(replika);
+    if let Ok(plan) = validate(&replika.spec, &owner.namespace) {
+        match open_caches(replika, &plan, ctx).await? {
+            Ok(caches) => {
+                let writer = CopyWriter {
+                    client: &ctx.client,
+                    resource: &caches.kind.resource,
+                    owner_uid: &owner.uid,
+                    written: &ctx.written,
+                };
+                match plan.policy.on_replika_deleted {
+                    ReplikaDeletedPolicy::Delete => {
+                        let pruned =
+                            prune(&writer, &caches.copies, &owner, &BTreeSet::new(), ctx).await;
+                        if pruned.failed > 0 {
+                            return Err(Error::CleanupIncomplete(pruned.failed));
+                        }
+                        info!(replika = %replika_ref, removed = pruned.removed, "removed the copies of a deleted Replika");
+                    }
+                    ReplikaDeletedPolicy::Orphan => {
+                        release_all(&writer, &caches.copies, &owner).await?
+                    }
+                }
+            }
+            // Nothing can be listed: no copies of an unserved kind exist to clean up.
+            Err(blocked) => info!(replika = %replika_ref, ?blocked, "nothing to clean up"),
+        }
+    }
+    ctx.watches.forget(&replika_ref);
+    ctx.written.forget_owner(&owner.uid);
+    Ok(Action::await_change())
+}
+
+async fn release_all(
+    writer: &CopyWriter<'_>,
+    copies: &WatchView<CopyMeta>,
+    owner: &Owner,
+) -> Result<(), Error> {
+    for copy in copies.store.state() {
+        if ownership(copy.labels(), copy.annotations(), owner) == Ownership::Ours {
+            writer.release(&copy).await?;
+        }
+    }
+    Ok(())
+}

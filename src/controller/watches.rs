@@ -1,0 +1,366 @@
+//! Caches fed by watches, and the reconcile triggers they fire.
+//!
+//! Memory stays proportional to what Replikas reference: namespaces are cached
+//! by metadata; each Replika's source is watched alone (one object, full body);
+//! and for each copied `(kind, name)` one metadata-only watch covers every
+//! same-named object in the cluster — our copies and the objects we must not
+//! touch — so 100 000 unrelated Secrets cost nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{ApiResource, DynamicObject};
+use kube::core::{GroupVersionKind, PartialObjectMeta};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, reflector::Lookup};
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use super::MANAGER;
+use crate::api::Replika;
+use crate::domain::validation::SourceRef;
+
+/// Metadata of an object that may be, or collide with, a copy.
+pub type CopyMeta = PartialObjectMeta<DynamicObject>;
+
+/// Reconcile requests fired by watches.
+pub type Trigger = mpsc::UnboundedSender<ObjectRef<Replika>>;
+
+/// Every namespace, by metadata (labels and deletion state are all the target rule needs).
+#[derive(Clone)]
+pub struct NamespaceCache {
+    store: Store<PartialObjectMeta<Namespace>>,
+    synced: Arc<AtomicBool>,
+}
+
+impl NamespaceCache {
+    /// An empty cache and the writer that fills it.
+    pub fn new() -> (Self, Writer<PartialObjectMeta<Namespace>>) {
+        let (store, writer) = reflector::store();
+        let cache = NamespaceCache {
+            store,
+            synced: Arc::default(),
+        };
+        (cache, writer)
+    }
+
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// Whether the first full list has arrived.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn all(&self) -> Vec<Arc<PartialObjectMeta<Namespace>>> {
+        self.store.state()
+    }
+}
+
+/// A watch failure worth telling the user about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchFailure {
+    /// The operator's RBAC does not allow listing or watching the kind.
+    pub forbidden: bool,
+    pub message: String,
+}
+
+/// Whether a watch has listed once, and how it last failed.
+#[derive(Default)]
+pub struct WatchHealth {
+    synced: AtomicBool,
+    failure: Mutex<Option<WatchFailure>>,
+}
+
+impl WatchHealth {
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn failure(&self) -> Option<WatchFailure> {
+        lock(&self.failure).clone()
+    }
+
+    /// Records the outcome of one poll; returns true when the failure state changed.
+    fn record(&self, failure: Option<WatchFailure>) -> bool {
+        let mut current = lock(&self.failure);
+        let changed = *current != failure;
+        *current = failure;
+        changed
+    }
+}
+
+/// A cache and its health, as handed to a reconcile pass.
+pub struct WatchView<K: Lookup + Clone + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    pub store: Store<K>,
+    pub health: Arc<WatchHealth>,
+}
+
+/// Identifies the metadata watch over all objects of one kind with one name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CopyCacheKey {
+    pub gvk: GroupVersionKind,
+    pub name: String,
+}
+
+struct RunningWatch<K: Lookup + Clone + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store: Store<K>,
+    health: Arc<WatchHealth>,
+    subscribers: Arc<Mutex<HashSet<ObjectRef<Replika>>>>,
+    task: JoinHandle<()>,
+}
+
+impl<K: Lookup + Clone + 'static> Drop for RunningWatch<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<K: Lookup + Clone + 'static> RunningWatch<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn view(&self) -> WatchView<K> {
+        WatchView {
+            store: self.store.clone(),
+            health: self.health.clone(),
+        }
+    }
+}
+
+/// The watch on one Replika's source, with the source it was opened for.
+type SourceWatch = (SourceRef, RunningWatch<DynamicObject>);
+
+/// The dynamic watches of all Replikas.
+pub struct Watches {
+    client: Client,
+    trigger: Trigger,
+    sources: Mutex<HashMap<ObjectRef<Replika>, SourceWatch>>,
+    copies: Mutex<HashMap<CopyCacheKey, RunningWatch<CopyMeta>>>,
+}
+
+impl Watches {
+    pub fn new(client: Client, trigger: Trigger) -> Self {
+        Watches {
+            client,
+            trigger,
+            sources: Mutex::default(),
+            copies: Mutex::default(),
+        }
+    }
+
+    /// The cache of `replika`'s source object, watching it from now on if not already.
+    pub fn source(
+        &self,
+        replika: &ObjectRef<Replika>,
+        source: &SourceRef,
+        resource: &ApiResource,
+    ) -> WatchView<DynamicObject> {
+        let mut sources = lock(&self.sources);
+        if let Some((watched, running)) = sources.get(replika)
+            && watched == source
+        {
+            return running.view();
+        }
+        let api =
+            Api::<DynamicObject>::namespaced_with(self.client.clone(), &source.namespace, resource);
+        let config = watcher::Config::default()
+            .fields(&format!("metadata.name={}", source.name))
+            .any_semantic();
+        let running = spawn_watch(
+            api,
+            config,
+            resource.clone(),
+            HashSet::from([replika.clone()]),
+            self.trigger.clone(),
+            |object| object.metadata.managed_fields = None,
+        );
+        let view = running.view();
+        sources.insert(replika.clone(), (source.clone(), running));
+        view
+    }
+
+    /// The cache of every object named like `replika`'s copies, subscribing `replika`
+    /// to its changes (and unsubscribing it from any other name it watched before).
+    pub fn copies(
+        &self,
+        replika: &ObjectRef<Replika>,
+        key: &CopyCacheKey,
+        resource: &ApiResource,
+    ) -> WatchView<CopyMeta> {
+        let mut copies = lock(&self.copies);
+        unsubscribe(&mut copies, replika, Some(key));
+        if let Some(running) = copies.get(key) {
+            lock(&running.subscribers).insert(replika.clone());
+            return running.view();
+        }
+        let api = Api::<CopyMeta>::all_with(self.client.clone(), resource);
+        let config = watcher::Config::default()
+            .fields(&format!("metadata.name={}", key.name))
+            .any_semantic();
+        let running = spawn_watch(
+            api,
+            config,
+            resource.clone(),
+            HashSet::from([replika.clone()]),
+            self.trigger.clone(),
+            keep_only_our_managed_fields,
+        );
+        let view = running.view();
+        copies.insert(key.clone(), running);
+        view
+    }
+
+    /// Stops every watch held for `replika` alone.
+    pub fn forget(&self, replika: &ObjectRef<Replika>) {
+        lock(&self.sources).remove(replika);
+        unsubscribe(&mut lock(&self.copies), replika, None);
+    }
+}
+
+/// Removes `replika` from every copy watch but `keep`, stopping watches left without subscribers.
+fn unsubscribe(
+    copies: &mut HashMap<CopyCacheKey, RunningWatch<CopyMeta>>,
+    replika: &ObjectRef<Replika>,
+    keep: Option<&CopyCacheKey>,
+) {
+    copies.retain(|key, running| {
+        let mut subscribers = lock(&running.subscribers);
+        if Some(key) != keep {
+            subscribers.remove(replika);
+        }
+        !subscribers.is_empty()
+    });
+}
+
+/// Copies are compared by content hash and resource version; of the managed fields only
+/// the operations of our own manager matter, so the rest is dropped to save memory.
+fn keep_only_our_managed_fields(object: &mut CopyMeta) {
+    if let Some(entries) = &mut object.metadata.managed_fields {
+        entries.retain(|entry| entry.manager.as_deref() == Some(MANAGER));
+        for entry in entries.iter_mut() {
+            entry.fields_v1 = None;
+        }
+    }
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    dyntype: <K as kube::Resource>::DynamicType,
+    subscribers: HashSet<ObjectRef<Replika>>,
+    trigger: Trigger,
+    trim: fn(&mut K),
+) -> RunningWatch<K>
+where
+    K: kube::Resource + Lookup<DynamicType = <K as kube::Resource>::DynamicType>,
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    <K as kube::Resource>::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let writer = Writer::new(dyntype);
+    let store = writer.as_reader();
+    let health = Arc::new(WatchHealth::default());
+    let subscribers = Arc::new(Mutex::new(subscribers));
+    let task = tokio::spawn(drive_watch(
+        api,
+        config,
+        writer,
+        health.clone(),
+        subscribers.clone(),
+        trigger,
+        trim,
+    ));
+    RunningWatch {
+        store,
+        health,
+        subscribers,
+        task,
+    }
+}
+
+async fn drive_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    health: Arc<WatchHealth>,
+    subscribers: Arc<Mutex<HashSet<ObjectRef<Replika>>>>,
+    trigger: Trigger,
+    trim: fn(&mut K),
+) where
+    K: kube::Resource + Lookup<DynamicType = <K as kube::Resource>::DynamicType>,
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    <K as kube::Resource>::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let notify = || {
+        for replika in lock(&subscribers).iter() {
+            let _ = trigger.send(replika.clone());
+        }
+    };
+    let stream = watcher::watcher(api, config)
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer);
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                let recovered = health.record(None);
+                match event {
+                    Event::InitDone => {
+                        health.synced.store(true, Ordering::Release);
+                        notify();
+                    }
+                    Event::Apply(_) | Event::Delete(_) => notify(),
+                    Event::Init | Event::InitApply(_) if recovered => notify(),
+                    Event::Init | Event::InitApply(_) => {}
+                }
+            }
+            Err(error) => {
+                let failure = describe_failure(&error);
+                debug!(%error, "watch failed; retrying");
+                if health.record(Some(failure)) {
+                    warn!(%error, "watch failed; retrying with backoff");
+                    notify();
+                }
+            }
+        }
+    }
+}
+
+fn describe_failure(error: &watcher::Error) -> WatchFailure {
+    let status = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => Some(status.as_ref()),
+        watcher::Error::WatchError(status) => Some(status.as_ref()),
+        _ => None,
+    };
+    WatchFailure {
+        forbidden: status.is_some_and(|s| s.is_forbidden()),
+        message: status.map_or_else(|| error.to_string(), |s| s.message.clone()),
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it
+/// (every critical section here leaves the data consistent).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,356 @@
+//! What a copy looks like: the source minus server-set state, plus ownership marks.
+//!
+//! Works on the source as JSON so that any kind, custom resources included, is
+//! handled the same way.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::api::{
+    ANNOTATION_CONTENT_HASH, ANNOTATION_OWNER, ANNOTATION_OWNER_UID, CREATED_BY_VALUE,
+    LABEL_CREATED_BY, LABEL_PART_OF,
+};
+
+/// Label and annotation keys (or prefixes ending in `/`) that belong to the
+/// source's own tooling and would make copies look managed by it.
+const TRACKING_KEYS: &[&str] = &[
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "argocd.argoproj.io/",
+    "kustomize.toolkit.fluxcd.io/",
+    "helm.toolkit.fluxcd.io/",
+    "meta.helm.sh/",
+    "replika.prosimcorp.com/",
+];
+
+/// The identity of the Replika that writes a copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// Who owns an existing object in a target namespace, judged from its metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// Written by this Replika.
+    Ours,
+    /// Written by another Replika (`namespace/name`), or by an earlier Replika of the same name.
+    OtherReplika(String),
+    /// Not written by Replika at all.
+    Unowned,
+}
+
+/// Why a source object can never be copied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UncopyableSource {
+    #[error("service-account-token Secrets are bound to one ServiceAccount and are never copied")]
+    ServiceAccountToken,
+    #[error("the source is not a JSON object")]
+    NotAnObject,
+}
+
+/// The copy of one source for one owner, computed once and stamped per namespace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CopyTemplate {
+    body: Value,
+    content_hash: String,
+}
+
+/// Extra metadata to put on every copy (`spec.target.metadata`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExtraMetadata<'a> {
+    pub labels: &'a BTreeMap<String, String>,
+    pub annotations: &'a BTreeMap<String, String>,
+}
+
+impl CopyTemplate {
+    /// Builds the copy of `source` written by `owner`.
+    pub fn new(
+        source: &Value,
+        owner: &Owner,
+        extra: &ExtraMetadata<'_>,
+    ) -> Result<Self, UncopyableSource> {
+        let mut body = copy_template(source, owner, extra)?;
+        let content_hash = content_hash(&body);
+        body["metadata"]["annotations"][ANNOTATION_CONTENT_HASH] =
+            Value::String(content_hash.clone());
+        Ok(CopyTemplate { body, content_hash })
+    }
+
+    /// Digest of the copied content; the same for every namespace.
+    pub fn content_hash(&self) -> &str {
+        &self.content_hash
+    }
+
+    /// Whether the copy is marked immutable (Secrets and ConfigMaps).
+    pub fn is_immutable(&self) -> bool {
+        self.body.get("immutable").and_then(Value::as_bool) == Some(true)
+    }
+
+    /// The full body of the copy for `namespace`.
+    pub fn for_namespace(&self, namespace: &str) -> Value {
+        let mut body = self.body.clone();
+        body["metadata"]["namespace"] = Value::String(namespace.to_string());
+        body
+    }
+}
+
+fn copy_template(
+    source: &Value,
+    owner: &Owner,
+    extra: &ExtraMetadata<'_>,
+) -> Result<Value, UncopyableSource> {
+    let object = source.as_object().ok_or(UncopyableSource::NotAnObject)?;
+    if object.get("kind").and_then(Value::as_str) == Some("Secret")
+        && object.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token")
+    {
+        return Err(UncopyableSource::ServiceAccountToken);
+    }
+    let source_meta = object.get("metadata").cloned().unwrap_or_default();
+    let mut labels = copied_entries(&source_meta, "labels");
+    let mut annotations = copied_entries(&source_meta, "annotations");
+    labels.extend(
+        extra
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone()))),
+    );
+    annotations.extend(
+        extra
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone()))),
+    );
+    for (key, value) in [
+        (LABEL_CREATED_BY, CREATED_BY_VALUE),
+        (LABEL_PART_OF, owner.name.as_str()),
+    ] {
+        labels.insert(key.into(), Value::String(value.into()));
+    }
+    annotations.insert(
+        ANNOTATION_OWNER.into(),
+        Value::String(format!("{}/{}", owner.namespace, owner.name)),
+    );
+    annotations.insert(
+        ANNOTATION_OWNER_UID.into(),
+        Value::String(owner.uid.clone()),
+    );
+
+    let mut metadata = Map::new();
+    metadata.insert(
+        "name".into(),
+        source_meta.get("name").cloned().unwrap_or_default(),
+    );
+    metadata.insert("labels".into(), Value::Object(labels));
+    metadata.insert("annotations".into(), Value::Object(annotations));
+
+    let mut body: Map<String, Value> = object
+        .iter()
+        .filter(|(key, _)| !matches!(key.as_str(), "metadata" | "status"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    body.insert("metadata".into(), Value::Object(metadata));
+    Ok(Value::Object(body))
+}
+
+/// Labels or annotations of the source worth copying: all but tooling-tracking keys
+/// and Helm's `managed-by` label, which would make Helm think it owns the copy.
+fn copied_entries(metadata: &Value, field: &str) -> Map<String, Value> {
+    metadata
+        .get(field)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(key, value)| {
+            let tracking = TRACKING_KEYS.iter().any(|t| {
+                if t.ends_with('/') {
+                    key.starts_with(t)
+                } else {
+                    key == t
+                }
+            });
+            let helm_managed =
+                key.as_str() == "app.kubernetes.io/managed-by" && value.as_str() == Some("Helm");
+            !tracking && !helm_managed
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// SHA-256 over the canonical JSON of a copy (object keys sorted by serde_json's map).
+fn content_hash(body: &Value) -> String {
+    let canonical = serde_json::to_vec(body).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &canonical);
+    digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Who owns an object, from its labels and annotations.
+pub fn ownership(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    owner: &Owner,
+) -> Ownership {
+    if labels.get(LABEL_CREATED_BY).map(String::as_str) != Some(CREATED_BY_VALUE) {
+        return Ownership::Unowned;
+    }
+    match annotations.get(ANNOTATION_OWNER_UID) {
+        Some(uid) if *uid == owner.uid => Ownership::Ours,
+        Some(_) => Ownership::OtherReplika(
+            annotations
+                .get(ANNOTATION_OWNER)
+                .cloned()
+                .unwrap_or_else(|| "an unknown Replika".into()),
+        ),
+        // Labelled by Replika but without an owner UID: written by the seed operator.
+        None => Ownership::Unowned,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn owner() -> Owner {
+        Owner {
+            namespace: "platform".into(),
+            name: "creds".into(),
+            uid: "uid-1".into(),
+        }
+    }
+
+    fn source() -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {
+                "name": "registry-creds",
+                "namespace": "platform",
+                "uid": "abc",
+                "resourceVersion": "42",
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "managedFields": [{"manager": "kubectl"}],
+                "ownerReferences": [{"kind": "ExternalSecret", "name": "x"}],
+                "finalizers": ["keep"],
+                "labels": {"app": "web", "app.kubernetes.io/managed-by": "Helm", "argocd.argoproj.io/instance": "x"},
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                    "meta.helm.sh/release-name": "r",
+                    "team": "payments"
+                }
+            },
+            "data": {".dockerconfigjson": "e30="},
+            "status": {"phase": "x"}
+        })
+    }
+
+    #[test]
+    fn copies_content_and_drops_server_state_and_tracking_keys() {
+        let none = BTreeMap::new();
+        let extra = ExtraMetadata {
+            labels: &none,
+            annotations: &none,
+        };
+        let template = CopyTemplate::new(&source(), &owner(), &extra).expect("copyable");
+        let expected = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {
+                "name": "registry-creds",
+                "namespace": "team-a",
+                "labels": {
+                    "app": "web",
+                    "replika.prosimcorp.com/created-by": "replika-controller",
+                    "replika.prosimcorp.com/part-of": "creds"
+                },
+                "annotations": {
+                    "team": "payments",
+                    "replika.prosimcorp.com/owner": "platform/creds",
+                    "replika.prosimcorp.com/owner-uid": "uid-1",
+                    "replika.prosimcorp.com/content-hash": template.content_hash()
+                }
+            },
+            "data": {".dockerconfigjson": "e30="}
+        });
+        assert_eq!(template.for_namespace("team-a"), expected);
+    }
+
+    #[test]
+    fn hash_follows_content_not_namespace() {
+        let none = BTreeMap::new();
+        let extra = ExtraMetadata {
+            labels: &none,
+            annotations: &none,
+        };
+        let a = CopyTemplate::new(&source(), &owner(), &extra).expect("copyable");
+        assert_eq!(
+            a.for_namespace("a")["metadata"]["annotations"][ANNOTATION_CONTENT_HASH],
+            a.for_namespace("b")["metadata"]["annotations"][ANNOTATION_CONTENT_HASH]
+        );
+        let mut changed = source();
+        changed["data"]["k"] = json!("dg==");
+        let c = CopyTemplate::new(&changed, &owner(), &extra).expect("copyable");
+        assert_ne!(a.content_hash(), c.content_hash());
+    }
+
+    #[test]
+    fn extra_metadata_is_added() {
+        let labels = BTreeMap::from([("tier".to_string(), "apps".to_string())]);
+        let annotations = BTreeMap::from([("note".to_string(), "copied".to_string())]);
+        let extra = ExtraMetadata {
+            labels: &labels,
+            annotations: &annotations,
+        };
+        let copy = CopyTemplate::new(&source(), &owner(), &extra)
+            .expect("copyable")
+            .for_namespace("a");
+        assert_eq!(copy["metadata"]["labels"]["tier"], "apps");
+        assert_eq!(copy["metadata"]["annotations"]["note"], "copied");
+    }
+
+    #[test]
+    fn service_account_tokens_are_never_copied() {
+        let mut token = source();
+        token["type"] = json!("kubernetes.io/service-account-token");
+        let none = BTreeMap::new();
+        let extra = ExtraMetadata {
+            labels: &none,
+            annotations: &none,
+        };
+        assert_eq!(
+            CopyTemplate::new(&token, &owner(), &extra),
+            Err(UncopyableSource::ServiceAccountToken)
+        );
+    }
+
+    #[test]
+    fn ownership_is_decided_by_uid() {
+        let labels = BTreeMap::from([(LABEL_CREATED_BY.to_string(), CREATED_BY_VALUE.to_string())]);
+        let ours = BTreeMap::from([(ANNOTATION_OWNER_UID.to_string(), "uid-1".to_string())]);
+        let theirs = BTreeMap::from([
+            (ANNOTATION_OWNER_UID.to_string(), "uid-2".to_string()),
+            (ANNOTATION_OWNER.to_string(), "other/creds".to_string()),
+        ]);
+        assert_eq!(ownership(&labels, &ours, &owner()), Ownership::Ours);
+        assert_eq!(
+            ownership(&labels, &theirs, &owner()),
+            Ownership::OtherReplika("other/creds".into())
+        );
+        assert_eq!(
+            ownership(&BTreeMap::new(), &ours, &owner()),
+            Ownership::Unowned
+        );
+        assert_eq!(
+            ownership(&labels, &BTreeMap::new(), &owner()),
+            Ownership::Unowned
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! Replika: keeps copies of one namespaced object in many namespaces, in sync with its source.
+//!
+//! - [`api`]: the `Replika` custom resource.
+//! - [`domain`]: pure rules (target namespaces, copies, validation) with no Kubernetes I/O.
+//! - [`controller`]: the reconciler and the watches that drive it.
+
+pub mod api;
+pub mod controller;
+pub mod domain;

@@ -3,9 +3,11 @@
 //! A copy that does not exist yet is created with POST, which fails rather than
 //! touch an object that appeared meanwhile; every later write is a forced
 //! server-side apply carrying the copy's UID as a precondition, so it only ever
-//! lands on the object Replika created. The first apply after a create moves
-//! the fields from the create's `Update` entry into our `Apply` entry, so that a
-//! key later removed from the source is removed from the copy too.
+//! lands on the object Replika created. A create records our field ownership as
+//! an `Update`, under which server-side apply would never remove a key; so the
+//! next pass turns that entry into an `Apply` one (what kubectl does when it
+//! upgrades client-side-applied objects), and from then on a key removed from
+//! the source is removed from every copy.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -81,27 +83,58 @@ impl CopyWriter<'_> {
         Api::namespaced_with(self.client.clone(), namespace, self.resource)
     }
 
-    /// Whether `existing`, a copy we own, already holds `template`'s content as we wrote it.
-    pub fn is_in_sync(&self, existing: &CopyMeta, template: &CopyTemplate) -> bool {
+    /// Brings `existing`, a copy we own, in line with `template`, writing only what differs.
+    pub async fn sync_owned(&self, existing: &CopyMeta, template: &CopyTemplate) -> Outcome {
         let namespace = existing.namespace().unwrap_or_default();
+        let mut upgraded = false;
+        if let Some(index) = create_entry_index(existing) {
+            match self.upgrade_ownership(existing, index).await {
+                Ok(version) => {
+                    self.written.set(self.owner_uid, &namespace, version);
+                    upgraded = true;
+                }
+                Err(error) => return Outcome::Failed(describe(&error)),
+            }
+        }
         let hash_matches = existing
             .annotations()
             .get(ANNOTATION_CONTENT_HASH)
             .map(String::as_str)
             == Some(template.content_hash());
-        let created_not_yet_applied =
-            existing
-                .metadata
-                .managed_fields
-                .iter()
-                .flatten()
-                .any(|entry| {
-                    entry.manager.as_deref() == Some(MANAGER)
-                        && entry.operation.as_deref() == Some("Update")
-                });
-        hash_matches
-            && !created_not_yet_applied
-            && self.written.get(self.owner_uid, &namespace) == existing.resource_version()
+        let untouched =
+            upgraded || self.written.get(self.owner_uid, &namespace) == existing.resource_version();
+        if hash_matches && untouched {
+            Outcome::InSync
+        } else {
+            self.update(existing, template).await
+        }
+    }
+
+    /// Turns our `Update` field-ownership entry at `index` into an `Apply` one.
+    /// The `test` operations make it fail rather than edit an entry that moved.
+    async fn upgrade_ownership(
+        &self,
+        existing: &CopyMeta,
+        index: usize,
+    ) -> Result<Option<String>, kube::Error> {
+        let entry = format!("/metadata/managedFields/{index}");
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "test", "path": "/metadata/uid", "value": existing.uid()},
+            {"op": "test", "path": format!("{entry}/manager"), "value": MANAGER},
+            {"op": "test", "path": format!("{entry}/operation"), "value": "Update"},
+            {"op": "replace", "path": format!("{entry}/operation"), "value": "Apply"},
+        ]))
+        .map_err(kube::Error::SerdeError)?;
+        let params = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
+        };
+        let namespace = existing.namespace().unwrap_or_default();
+        let patched = self
+            .api(&namespace)
+            .patch(&existing.name_any(), &params, &Patch::<()>::Json(patch))
+            .await?;
+        Ok(patched.resource_version())
     }
 
     /// Creates the copy in `namespace`; an object already there is reported as a conflict.
@@ -214,6 +247,20 @@ impl CopyWriter<'_> {
             Err(error) => Err(error),
         }
     }
+}
+
+/// Position of our `Update` entry among the copy's managed fields: present on a
+/// copy created by POST whose ownership was not upgraded yet.
+fn create_entry_index(existing: &CopyMeta) -> Option<usize> {
+    existing
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .position(|entry| {
+            entry.manager.as_deref() == Some(MANAGER)
+                && entry.operation.as_deref() == Some("Update")
+        })
 }
 
 /// The API server's own message when there is one, else the client error.

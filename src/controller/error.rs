@@ -9,7 +9,7 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Kind(#[from] super::kinds::KindError),
-    #[error("the caches for this Replika did not sync in time")]
+    #[error("the caches for this Replika have not synced yet")]
     CacheNotSynced,
     #[error("{0} copies could not be removed yet")]
     CleanupIncomplete(usize),

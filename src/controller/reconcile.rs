@@ -26,8 +26,6 @@ use crate::domain::validation::{ReplikaPlan, validate};
 
 /// How soon a Replika blocked on something outside its spec is looked at again.
 const RETRY_BLOCKED: Duration = Duration::from_secs(10);
-/// How long a pass waits for a new watch to deliver its first list.
-const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Entry point for the controller: runs the pass under the cleanup finalizer.
 pub async fn reconcile(replika: Arc<Replika>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -57,6 +55,13 @@ fn owner_of(replika: &Replika) -> Owner {
     }
 }
 
+/// Whether the caches of a Replika can be used.
+enum CacheState {
+    Ready(Caches),
+    Blocked(Blocked),
+    Syncing,
+}
+
 /// The caches and kind a valid Replika works with.
 struct Caches {
     kind: ServedKind,
@@ -80,11 +85,12 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         }
     };
     let caches = match open_caches(replika, &plan, ctx).await? {
-        Ok(caches) => caches,
-        Err(blocked) => {
+        CacheState::Ready(caches) => caches,
+        CacheState::Blocked(blocked) => {
             report(ctx, replika, PassResult::Blocked(blocked)).await?;
             return Ok(Action::requeue(RETRY_BLOCKED.min(plan.resync)));
         }
+        CacheState::Syncing => return Ok(Action::requeue(RETRY_BLOCKED)),
     };
     let owner = owner_of(replika);
     let writer = CopyWriter {
@@ -106,7 +112,10 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         report(ctx, replika, PassResult::Blocked(blocked)).await?;
         return Ok(Action::requeue(plan.resync));
     };
-    let source_json = serde_json::to_value(&*source).unwrap_or_default();
+    let mut source_json = serde_json::to_value(&*source).unwrap_or_default();
+    // Objects from a list carry no type, and server-side apply needs it.
+    source_json["apiVersion"] = caches.kind.resource.api_version.clone().into();
+    source_json["kind"] = caches.kind.resource.kind.clone().into();
     let extra = ExtraMetadata {
         labels: &plan.extra_labels,
         annotations: &plan.extra_annotations,
@@ -179,11 +188,13 @@ async fn open_caches(
     replika: &Replika,
     plan: &ReplikaPlan,
     ctx: &Context,
-) -> Result<Result<Caches, Blocked>, Error> {
+) -> Result<CacheState, Error> {
     let replika_ref = ObjectRef::from_obj(replika);
     let kind = match ctx.kinds.resolve(&plan.source.gvk).await {
         Ok(kind) => kind,
-        Err(KindError::NotServed(message)) => return Ok(Err(Blocked::KindNotServed(message))),
+        Err(KindError::NotServed(message)) => {
+            return Ok(CacheState::Blocked(Blocked::KindNotServed(message)));
+        }
         Err(error) => return Err(error.into()),
     };
     if !kind.namespaced {
@@ -191,7 +202,7 @@ async fn open_caches(
             "spec.source.kind: {} is cluster-scoped; only namespaced kinds can be replicated",
             display(&plan.source.gvk)
         );
-        return Ok(Err(Blocked::Invalid(vec![problem])));
+        return Ok(CacheState::Blocked(Blocked::Invalid(vec![problem])));
     }
     let source = ctx
         .watches
@@ -207,7 +218,7 @@ async fn open_caches(
     for health in [&source.health, &copies.health] {
         if let Some(failure) = health.failure() {
             let kind_name = display(&plan.source.gvk);
-            return Ok(Err(if failure.forbidden {
+            return Ok(CacheState::Blocked(if failure.forbidden {
                 Blocked::Forbidden(format!(
                     "the operator may not list and watch {kind_name}: grant it with an additive ClusterRole (see the README): {}",
                     failure.message
@@ -218,20 +229,10 @@ async fn open_caches(
         }
     }
     if !(source.health.is_synced() && copies.health.is_synced() && ctx.namespaces.is_synced()) {
-        // The watch fires a new pass when its first list arrives.
-        let wait = futures::future::join(
-            source.store.wait_until_ready(),
-            copies.store.wait_until_ready(),
-        );
-        if tokio::time::timeout(CACHE_SYNC_TIMEOUT, wait)
-            .await
-            .is_err()
-            || !ctx.namespaces.is_synced()
-        {
-            return Err(Error::CacheNotSynced);
-        }
+        // Each watch fires a new pass once its first list has arrived.
+        return Ok(CacheState::Syncing);
     }
-    Ok(Ok(Caches {
+    Ok(CacheState::Ready(Caches {
         kind,
         source,
         copies,
@@ -256,8 +257,7 @@ async fn sync_one(
         );
     }
     match ownership(existing.labels(), existing.annotations(), owner) {
-        Ownership::Ours if writer.is_in_sync(existing, template) => Outcome::InSync,
-        Ownership::Ours => writer.update(existing, template).await,
+        Ownership::Ours => writer.sync_owned(existing, template).await,
         Ownership::OtherReplika(other) => Outcome::Conflict(format!("the object is managed by Replika {other}")),
         Ownership::Unowned if conflict == ConflictPolicy::Adopt => writer.update(existing, template).await,
         Ownership::Unowned => Outcome::Conflict(
@@ -323,7 +323,7 @@ async fn cleanup(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let owner = owner_of(replika);
     if let Ok(plan) = validate(&replika.spec, &owner.namespace) {
         match open_caches(replika, &plan, ctx).await? {
-            Ok(caches) => {
+            CacheState::Ready(caches) => {
                 let writer = CopyWriter {
                     client: &ctx.client,
                     resource: &caches.kind.resource,
@@ -344,8 +344,11 @@ async fn cleanup(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
                     }
                 }
             }
-            // Nothing can be listed: no copies of an unserved kind exist to clean up.
-            Err(blocked) => info!(replika = %replika_ref, ?blocked, "nothing to clean up"),
+            // A kind that is not served (or not granted) has no copies Replika could reach.
+            CacheState::Blocked(blocked) => {
+                info!(replika = %replika_ref, ?blocked, "no copies to clean up")
+            }
+            CacheState::Syncing => return Err(Error::CacheNotSynced),
         }
     }
     ctx.watches.forget(&replika_ref);

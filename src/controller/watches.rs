@@ -22,7 +22,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use super::MANAGER;
 use crate::api::Replika;
 use crate::domain::validation::SourceRef;
 
@@ -220,7 +219,7 @@ impl Watches {
             resource.clone(),
             HashSet::from([replika.clone()]),
             self.trigger.clone(),
-            keep_only_our_managed_fields,
+            drop_field_sets,
         );
         let view = running.view();
         copies.insert(key.clone(), running);
@@ -249,14 +248,12 @@ fn unsubscribe(
     });
 }
 
-/// Copies are compared by content hash and resource version; of the managed fields only
-/// the operations of our own manager matter, so the rest is dropped to save memory.
-fn keep_only_our_managed_fields(object: &mut CopyMeta) {
-    if let Some(entries) = &mut object.metadata.managed_fields {
-        entries.retain(|entry| entry.manager.as_deref() == Some(MANAGER));
-        for entry in entries.iter_mut() {
-            entry.fields_v1 = None;
-        }
+/// Copies are compared by content hash and resource version, and of their managed
+/// fields only who holds them by which operation matters (and where, for the
+/// ownership upgrade); the field sets themselves are dropped to save memory.
+fn drop_field_sets(object: &mut CopyMeta) {
+    for entry in object.metadata.managed_fields.iter_mut().flatten() {
+        entry.fields_v1 = None;
     }
 }
 

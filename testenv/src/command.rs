@@ -1,0 +1,27 @@
+//! Running a command (usually kubectl) and keeping what it printed.
+
+use std::process::Command;
+
+/// What a finished command printed, and whether it exited with status 0.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    pub status_ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` to completion, capturing stdout and stderr (lossily decoded as UTF-8).
+///
+/// # Panics
+/// If the program cannot be started at all: that is a broken test environment,
+/// not a result a test could check.
+pub fn run(cmd: &mut Command) -> CommandOutput {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {cmd:?}: {error}"));
+    CommandOutput {
+        status_ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

@@ -1,0 +1,34 @@
+//! A real Kubernetes control plane for Replika's tests and local runs.
+//!
+//! [`ControlPlane`] runs etcd, kube-apiserver and kube-controller-manager as
+//! local processes on 127.0.0.1, the way controller-runtime's envtest does, with
+//! the binaries that `control-plane/build.sh` builds. There is no kubelet, so
+//! pods never run; everything an operator talks to (RBAC, namespaces, garbage
+//! collection, CRDs, ServiceAccounts, webhooks) is the real thing.
+//!
+//! Tests use [`ControlPlane::shared`], one plane per test binary, and give each
+//! test its own [`TestNamespace`]. [`ControlPlane::user`] and
+//! [`ControlPlane::service_account`] hand out [`Identity`]s that start with no
+//! rights, so authorization is exercised as in a real cluster. The `testenv`
+//! binary starts a long-lived plane for local development (`make control-plane`).
+
+mod binaries;
+mod command;
+mod components;
+mod identity;
+mod kubeconfig;
+mod kubectl;
+mod layout;
+mod namespace;
+mod pki;
+mod plane;
+mod process;
+mod runtime;
+mod shared;
+mod wait;
+
+pub use command::{CommandOutput, run};
+pub use identity::Identity;
+pub use namespace::TestNamespace;
+pub use plane::ControlPlane;
+pub use wait::wait_for;

@@ -1,0 +1,292 @@
+//! Shared by the engine's integration tests: the real control plane, the CRD and
+//! RBAC of `deploy/` installed on it, and one `replika` operator process per test
+//! binary, running as the `deploy/` ServiceAccount (never as admin).
+
+#![allow(dead_code)] // Each test binary uses its own subset of these helpers.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, ResourceExt};
+use replika::api::Replika;
+use serde_json::Value;
+use testenv::{ControlPlane, TestNamespace, run, wait_for};
+
+/// Deadline for anything the operator should do promptly.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The plane and the running operator of this test binary.
+pub struct Harness {
+    pub plane: &'static ControlPlane,
+    operator: OperatorProcess,
+}
+
+/// The operator process, and the watchdog that ends it with this test binary.
+struct OperatorProcess {
+    process: Child,
+    log: PathBuf,
+    _watchdog: Child,
+}
+
+static HARNESS: OnceLock<Harness> = OnceLock::new();
+
+/// The harness, set up on first use.
+pub fn harness() -> &'static Harness {
+    HARNESS.get_or_init(|| {
+        let plane = ControlPlane::shared();
+        install_deploy_base(plane);
+        // The operator's identity comes from the TokenRequest API; testenv needs a runtime for it.
+        let identity = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .expect("a tokio runtime")
+                .block_on(plane.service_account("replika", "replika-controller-manager"))
+        })
+        .join()
+        .expect("the ServiceAccount identity");
+        let log = std::env::temp_dir().join(format!("replika-operator-{}.log", std::process::id()));
+        let operator = start_operator(&identity.kubeconfig, log);
+        Harness { plane, operator }
+    })
+}
+
+fn install_deploy_base(plane: &ControlPlane) {
+    let base = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base");
+    let applied = run(plane.kubectl().args(["apply", "--server-side", "-k", base]));
+    assert!(
+        applied.status_ok,
+        "kubectl apply -k deploy/base failed: {}",
+        applied.stderr
+    );
+    let established = run(plane.kubectl().args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/replikas.replika.prosimcorp.com",
+    ]));
+    assert!(
+        established.status_ok,
+        "the Replika CRD was not established: {}",
+        established.stderr
+    );
+}
+
+/// Starts the operator binary built by cargo, and a watchdog that kills it when
+/// this test process is gone (however it ended).
+fn start_operator(kubeconfig: &std::path::Path, log: PathBuf) -> OperatorProcess {
+    let log_file = std::fs::File::create(&log).expect("the operator log file");
+    let process = Command::new(env!("CARGO_BIN_EXE_replika"))
+        .arg("run")
+        .env("KUBECONFIG", kubeconfig)
+        .env("REPLIKA_LOG", "info,replika=debug")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("the operator log file"))
+        .stderr(log_file)
+        .spawn()
+        .expect("the replika binary starts");
+    let script = format!(
+        "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill {child} 2>/dev/null",
+        parent = std::process::id(),
+        child = process.id()
+    );
+    let watchdog = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("the operator watchdog starts");
+    OperatorProcess {
+        process,
+        log,
+        _watchdog: watchdog,
+    }
+}
+
+impl Harness {
+    pub async fn admin(&self) -> Client {
+        self.plane.admin_client().await
+    }
+
+    /// The last lines of the operator log, for failure messages.
+    pub fn operator_log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.operator.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "operator pid {}, log {}:\n{}",
+            self.operator.process.id(),
+            self.operator.log.display(),
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        )
+    }
+
+    /// Applies YAML with the real kubectl as admin.
+    pub fn kubectl_apply(&self, yaml: &str) {
+        static APPLIED: AtomicUsize = AtomicUsize::new(0);
+        let file = std::env::temp_dir().join(format!(
+            "replika-test-{}-{}.yaml",
+            std::process::id(),
+            APPLIED.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&file, yaml).expect("writing a manifest");
+        let output = run(self.plane.kubectl().arg("apply").arg("-f").arg(&file));
+        assert!(
+            output.status_ok,
+            "kubectl apply failed: {}\n{yaml}",
+            output.stderr
+        );
+    }
+}
+
+/// A fresh namespace.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    TestNamespace::new(client, prefix).await.name
+}
+
+/// Creates a ConfigMap with `data` in `namespace`.
+pub async fn create_configmap(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    data: &[(&str, &str)],
+) -> ConfigMap {
+    let configmap: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "data": data.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
+    }))
+    .expect("a ConfigMap");
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &configmap)
+        .await
+        .expect("the ConfigMap is created")
+}
+
+/// The ConfigMap `name` in `namespace`, if any.
+pub async fn get_configmap(client: &Client, namespace: &str, name: &str) -> Option<ConfigMap> {
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .expect("reading a ConfigMap")
+}
+
+/// Data of a ConfigMap as (key, value) pairs.
+pub fn data_of(configmap: &ConfigMap) -> Vec<(String, String)> {
+    configmap
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+/// Waits until `namespace/name` exists with exactly `expected` data.
+pub async fn wait_for_copy(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    expected: &[(&str, &str)],
+) {
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    wait_for(
+        &format!("{namespace}/{name} to hold {expected:?}"),
+        DEADLINE,
+        || async {
+            let copy = get_configmap(client, namespace, name).await?;
+            (data_of(&copy) == expected).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Waits until `namespace/name` does not exist.
+pub async fn wait_for_absence(client: &Client, namespace: &str, name: &str) {
+    wait_for(
+        &format!("{namespace}/{name} to be absent"),
+        DEADLINE,
+        || async {
+            get_configmap(client, namespace, name)
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// The Replika `namespace/name`.
+pub async fn get_replika(client: &Client, namespace: &str, name: &str) -> Replika {
+    Api::<Replika>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .expect("reading the Replika")
+}
+
+/// Waits until condition `type_` of the Replika has `status` and `reason`, and returns the Replika.
+/// On timeout the message shows the status last seen and the end of the operator's log.
+pub async fn wait_for_condition(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> Replika {
+    let last_seen = std::sync::Mutex::new(String::new());
+    let wanted = format!("Replika {namespace}/{name} to have {type_}={status} ({reason})");
+    let waiting = wait_for(&wanted, DEADLINE * 2, || async {
+        let replika = get_replika(client, namespace, name).await;
+        *last_seen.lock().expect("not poisoned") =
+            serde_json::to_string_pretty(&replika.status).unwrap_or_default();
+        let condition = replika
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)?
+            .clone();
+        (condition.status == status && condition.reason == reason).then_some(replika)
+    });
+    match tokio::time::timeout(DEADLINE, waiting).await {
+        Ok(replika) => replika,
+        Err(_) => panic!(
+            "timed out after {DEADLINE:?} waiting for {wanted}; last status: {}\noperator log:\n{}",
+            last_seen.lock().expect("not poisoned"),
+            harness().operator_log_tail()
+        ),
+    }
+}
+
+/// Deletes the Replika and waits until it is gone (its finalizer has run).
+pub async fn delete_replika(client: &Client, namespace: &str, name: &str) {
+    let api = Api::<Replika>::namespaced(client.clone(), namespace);
+    api.delete(name, &DeleteParams::default())
+        .await
+        .expect("deleting the Replika");
+    wait_for(
+        &format!("Replika {namespace}/{name} to be gone"),
+        DEADLINE,
+        || async { api.get_opt(name).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+}
+
+/// Names of every namespace that is not being deleted.
+pub async fn active_namespaces(client: &Client) -> Vec<String> {
+    Api::<Namespace>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .expect("listing namespaces")
+        .into_iter()
+        .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+        .map(|ns| ns.name_any())
+        .collect()
+}

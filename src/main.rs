@@ -1,11 +1,17 @@
-//! The `replika` command: runs the operator, or prints what it installs.
+//! The `replika` command: runs the operator, or prints and makes what installing it needs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::{Client, CustomResourceExt};
 use replika::api::Replika;
 use replika::controller;
-use tracing::info;
+use replika::webhook::{self, Certificates, self_managed::SelfManaged, tls};
+use tokio::sync::watch;
+use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -22,9 +28,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator against the cluster of the current kubeconfig (or the in-cluster config).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the Replika CustomResourceDefinition as YAML.
     Crd,
+    /// Make a CA and a serving certificate for the webhook (ca.crt, tls.crt, tls.key).
+    Certs(CertsArgs),
 }
 
 #[derive(clap::Args)]
@@ -41,6 +49,42 @@ struct RunArgs {
     /// How many Replikas are reconciled at once.
     #[arg(long, env = "REPLIKA_MAX_PARALLEL_REPLIKAS", default_value_t = 4)]
     max_parallel_replikas: u16,
+    /// Run the replication engine; `--reconcile=false` serves only the webhooks.
+    #[arg(long, env = "REPLIKA_RECONCILE", default_value_t = true, action = clap::ArgAction::Set)]
+    reconcile: bool,
+    /// Serve the admission webhooks on this address (e.g. 0.0.0.0:9443); off when absent.
+    #[arg(long, env = "REPLIKA_WEBHOOK_BIND")]
+    webhook_bind: Option<SocketAddr>,
+    /// Directory holding tls.crt and tls.key (e.g. a mounted cert-manager Secret), reloaded on change.
+    #[arg(long, env = "REPLIKA_TLS_DIR", conflicts_with = "tls_secret")]
+    tls_dir: Option<PathBuf>,
+    /// Self-managed certificates: the Secret (namespace/name) that keeps them.
+    #[arg(long, env = "REPLIKA_TLS_SECRET", value_parser = parse_namespaced)]
+    tls_secret: Option<(String, String)>,
+    /// Self-managed certificates: names and IPs the serving certificate is valid for.
+    #[arg(
+        long,
+        env = "REPLIKA_TLS_HOSTS",
+        value_delimiter = ',',
+        default_value = "replika-webhook.replika.svc"
+    )]
+    tls_hosts: Vec<String>,
+    /// Self-managed certificates: the webhook configurations whose caBundle is kept current.
+    #[arg(long, env = "REPLIKA_WEBHOOK_CONFIGURATION", default_value = "replika")]
+    webhook_configuration: String,
+}
+
+#[derive(clap::Args)]
+struct CertsArgs {
+    /// Directory to write ca.crt, tls.crt and tls.key into.
+    #[arg(long)]
+    out: PathBuf,
+    /// DNS name or IP address of the server (repeatable).
+    #[arg(long = "host", required = true)]
+    hosts: Vec<String>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365)]
+    days: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -49,8 +93,19 @@ enum LogFormat {
     Json,
 }
 
+fn parse_namespaced(value: &str) -> Result<(String, String), String> {
+    match value.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+            Ok((namespace.to_string(), name.to_string()))
+        }
+        _ => Err(format!("expected namespace/name, got {value:?}")),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // One crypto provider for every TLS user in the process (kube client and webhook).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Crd => {
             print!(
@@ -59,8 +114,24 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Run(args) => run(args).await,
+        Command::Certs(args) => write_certs(&args),
+        Command::Run(args) => run(*args).await,
     }
+}
+
+fn write_certs(args: &CertsArgs) -> anyhow::Result<()> {
+    let certs = tls::generate(&args.hosts, Duration::from_secs(args.days * 24 * 3600))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    for (file, content) in [
+        (tls::CA_FILE, &certs.ca_pem),
+        (tls::CERT_FILE, &certs.cert_pem),
+        (tls::KEY_FILE, &certs.key_pem),
+    ] {
+        let path = args.out.join(file);
+        std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -73,12 +144,66 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("the API server did not answer")?;
     info!(server = %version.git_version, "connected to the API server");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    if !args.reconcile && args.webhook_bind.is_none() {
+        anyhow::bail!("nothing to run: --reconcile=false and no --webhook-bind");
+    }
+    let webhook = match webhook_options(&args, &client)? {
+        Some(options) => {
+            let (client, stopped) = (client.clone(), stopped());
+            Some(tokio::spawn(async move {
+                if let Err(error) = webhook::run(client, options, stopped).await {
+                    error!(%error, "the webhook server failed");
+                }
+            }))
+        }
+        None => None,
+    };
     let settings = controller::Settings {
         max_parallel_writes: args.max_parallel_writes.max(1),
         max_parallel_replikas: args.max_parallel_replikas.max(1),
     };
-    controller::run(client, settings, shutdown_signal()).await;
+    if args.reconcile {
+        controller::run(client, settings, stopped()).await;
+    }
+    if let Some(webhook) = webhook {
+        let _ = webhook.await;
+    }
     Ok(())
+}
+
+fn webhook_options(args: &RunArgs, client: &Client) -> anyhow::Result<Option<webhook::Options>> {
+    let Some(bind) = args.webhook_bind else {
+        return Ok(None);
+    };
+    let certificates = match (&args.tls_dir, &args.tls_secret) {
+        (Some(dir), _) => Certificates::Files(dir.clone()),
+        (None, Some((namespace, name))) => Certificates::SelfManaged(SelfManaged {
+            client: client.clone(),
+            secret_namespace: namespace.clone(),
+            secret_name: name.clone(),
+            hosts: args.tls_hosts.clone(),
+            webhook_configuration: args.webhook_configuration.clone(),
+        }),
+        (None, None) => anyhow::bail!("--webhook-bind needs --tls-dir or --tls-secret"),
+    };
+    Ok(Some(webhook::Options {
+        bind,
+        certificates,
+        limits: Default::default(),
+    }))
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
@@ -95,22 +220,16 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
     info!("shutting down");
 }

@@ -52,7 +52,7 @@ impl KindCache {
             pinned_kind(&self.client, gvk)
                 .await
                 .map_err(|source| match source {
-                    kube::Error::Api(status) if status.is_not_found() => {
+                    kube::Error::Api(status) if status.code == 404 => {
                         KindError::NotServed(kind_name.clone())
                     }
                     kube::Error::Discovery(_) => KindError::NotServed(kind_name.clone()),

@@ -24,11 +24,13 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 /// The plane and the running operator of this test binary.
 pub struct Harness {
     pub plane: &'static ControlPlane,
+    /// Kubeconfig of the operator's ServiceAccount (deploy RBAC, token from TokenRequest).
+    pub operator_kubeconfig: PathBuf,
     operator: OperatorProcess,
 }
 
-/// The operator process, and the watchdog that ends it with this test binary.
-struct OperatorProcess {
+/// An operator process, and the watchdog that ends it with this test binary.
+pub struct OperatorProcess {
     process: Child,
     log: PathBuf,
     _watchdog: Child,
@@ -36,8 +38,14 @@ struct OperatorProcess {
 
 static HARNESS: OnceLock<Harness> = OnceLock::new();
 
-/// The harness, set up on first use.
+/// The harness with an operator that only reconciles (no webhook), set up on first use.
 pub fn harness() -> &'static Harness {
+    harness_with(|_| Vec::new())
+}
+
+/// The harness, set up on first use; `extra_args` prepares the plane and returns
+/// more arguments for `replika run`. Only the first call's setup runs.
+pub fn harness_with(extra_args: impl FnOnce(&ControlPlane) -> Vec<String>) -> &'static Harness {
     HARNESS.get_or_init(|| {
         let plane = ControlPlane::shared();
         install_deploy_base(plane);
@@ -49,9 +57,13 @@ pub fn harness() -> &'static Harness {
         })
         .join()
         .expect("the ServiceAccount identity");
-        let log = std::env::temp_dir().join(format!("replika-operator-{}.log", std::process::id()));
-        let operator = start_operator(&identity.kubeconfig, log);
-        Harness { plane, operator }
+        let args = extra_args(plane);
+        let operator = start_operator(&identity.kubeconfig, "operator", &args);
+        Harness {
+            plane,
+            operator_kubeconfig: identity.kubeconfig,
+            operator,
+        }
     })
 }
 
@@ -76,12 +88,18 @@ fn install_deploy_base(plane: &ControlPlane) {
     );
 }
 
-/// Starts the operator binary built by cargo, and a watchdog that kills it when
-/// this test process is gone (however it ended).
-fn start_operator(kubeconfig: &std::path::Path, log: PathBuf) -> OperatorProcess {
+/// Starts the operator binary built by cargo with `replika run <args>`, and a
+/// watchdog that kills it when this test process is gone (however it ended).
+pub fn start_operator(
+    kubeconfig: &std::path::Path,
+    name: &str,
+    args: &[String],
+) -> OperatorProcess {
+    let log = std::env::temp_dir().join(format!("replika-{name}-{}.log", std::process::id()));
     let log_file = std::fs::File::create(&log).expect("the operator log file");
     let process = Command::new(env!("CARGO_BIN_EXE_replika"))
         .arg("run")
+        .args(args)
         .env("KUBECONFIG", kubeconfig)
         .env("REPLIKA_LOG", "info,replika=debug")
         .stdin(Stdio::null())
@@ -109,21 +127,38 @@ fn start_operator(kubeconfig: &std::path::Path, log: PathBuf) -> OperatorProcess
     }
 }
 
+impl OperatorProcess {
+    /// The operator's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of the log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "operator pid {}, log {}:\n{}",
+            self.process.id(),
+            self.log.display(),
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        )
+    }
+}
+
 impl Harness {
     pub async fn admin(&self) -> Client {
         self.plane.admin_client().await
     }
 
-    /// The last lines of the operator log, for failure messages.
+    /// The last lines of the main operator's log, for failure messages.
     pub fn operator_log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.operator.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        format!(
-            "operator pid {}, log {}:\n{}",
-            self.operator.process.id(),
-            self.operator.log.display(),
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        )
+        self.operator.log_tail()
+    }
+
+    /// The main operator's log so far.
+    pub fn operator_log(&self) -> String {
+        self.operator.log()
     }
 
     /// Applies YAML with the real kubectl as admin.

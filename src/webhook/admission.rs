@@ -1,0 +1,678 @@
+//! What the admission webhooks decide, independent of HTTP.
+//!
+//! Validation runs every rule and denies with all the problems it found;
+//! checks that need the cluster (discovery, authorization, other Replikas) go
+//! through [`ClusterView`], so the decisions are unit-tested with fixtures.
+//! Mutation only adds fields that are absent, as an RFC 6902 patch; lists the
+//! user wrote are never rewritten, so GitOps tools see no drift.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::authentication::v1::UserInfo;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use serde_json::{Value, json};
+
+use crate::api::{Replika, ReplikaSpec};
+use crate::controller::kinds::{KindError, ServedKind, display};
+use crate::domain::names::is_glob;
+use crate::domain::validation::{ReplikaPlan, validate};
+
+/// One access question: may `verb` be done on `resource` (optionally one `name`)
+/// in `namespace` (`None`: cluster-wide)?
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Access {
+    pub verb: &'static str,
+    pub group: String,
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let resource = if self.group.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}.{}", self.resource, self.group)
+        };
+        write!(f, "{} {resource}", self.verb)?;
+        if let Some(name) = &self.name {
+            write!(f, " {name:?}")?;
+        }
+        match &self.namespace {
+            Some(namespace) => write!(f, " in namespace {namespace:?}"),
+            None => write!(f, " in all namespaces"),
+        }
+    }
+}
+
+/// What validation needs to know about the cluster.
+pub trait ClusterView {
+    /// How the API server serves a kind.
+    fn kind(
+        &self,
+        gvk: &kube::core::GroupVersionKind,
+    ) -> impl Future<Output = Result<ServedKind, KindError>> + Send;
+    /// Which of `checks` the user may not do (SubjectAccessReview). An error means "could not tell".
+    fn denied_to_user(
+        &self,
+        user: &UserInfo,
+        checks: &[Access],
+    ) -> impl Future<Output = Result<Vec<Access>, String>> + Send;
+    /// Which of `checks` the operator itself may not do.
+    fn denied_to_operator(
+        &self,
+        checks: &[Access],
+    ) -> impl Future<Output = Result<Vec<Access>, String>> + Send;
+    /// Every Replika the cluster has, as last seen.
+    fn replikas(&self) -> Vec<Replika>;
+}
+
+/// The verbs the operator needs on a replicated kind, matching `deploy/` RBAC.
+pub const OPERATOR_VERBS: [&str; 5] = ["list", "watch", "create", "patch", "delete"];
+/// The verbs a Replika's author needs in every target namespace.
+pub const AUTHOR_TARGET_VERBS: [&str; 3] = ["create", "update", "delete"];
+
+/// Decides a Replika CREATE or UPDATE.
+pub async fn validate_request<C: ClusterView>(
+    request: &AdmissionRequest<DynamicObject>,
+    cluster: &C,
+) -> AdmissionResponse {
+    let response = AdmissionResponse::from(request);
+    if !matches!(request.operation, Operation::Create | Operation::Update) {
+        return response;
+    }
+    let replika = match parse_replika(request.object.as_ref()) {
+        Ok(replika) => replika,
+        Err(problem) => return response.deny(problem),
+    };
+    // An update that leaves the spec alone (finalizers, labels, the operator's own
+    // bookkeeping) changes nothing that was checked when the spec was admitted.
+    if let Some(Ok(old)) = request
+        .old_object
+        .as_ref()
+        .map(|old| parse_replika(Some(old)))
+        && old.spec == replika.spec
+    {
+        return response;
+    }
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let plan = match validate(&replika.spec, &namespace) {
+        Ok(plan) => plan,
+        Err(problems) => return response.deny(denial(&problems)),
+    };
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    match cluster.kind(&plan.source.gvk).await {
+        Ok(kind) if !kind.namespaced => problems.push(format!(
+            "spec.source.kind: {} is cluster-scoped; only namespaced kinds can be replicated",
+            display(&plan.source.gvk)
+        )),
+        Ok(kind) => {
+            problems.extend(check_author(request, &plan, &kind, cluster).await);
+            warnings.extend(check_operator(&plan, &kind, cluster).await);
+        }
+        Err(KindError::NotServed(_)) => warnings.push(format!(
+            "{} is not served by this cluster yet; the Replika is admitted and starts replicating once it is (its author's rights are checked then)",
+            display(&plan.source.gvk)
+        )),
+        Err(error) => problems.push(format!("could not look up spec.source.kind: {error}")),
+    }
+    warnings.extend(overlaps(&replika, &plan, &cluster.replikas()));
+    if !problems.is_empty() {
+        return response.deny(denial(&problems));
+    }
+    let mut response = response;
+    response.warnings = (!warnings.is_empty()).then_some(warnings);
+    response
+}
+
+/// Fills absent fields of a Replika: `spec.source.namespace` and the policy defaults.
+pub fn mutate_request(request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    let response = AdmissionResponse::from(request);
+    let Some(object) = &request.object else {
+        return response;
+    };
+    let Ok(object) = serde_json::to_value(object) else {
+        return response.deny("the object cannot be read as JSON");
+    };
+    let spec = &object["spec"];
+    let mut operations = Vec::new();
+    if spec["source"].is_object()
+        && spec["source"].get("namespace").is_none_or(Value::is_null)
+        && let Some(namespace) = &request.namespace
+    {
+        operations.push(json!({"op": "add", "path": "/spec/source/namespace", "value": namespace}));
+    }
+    let defaults = [
+        ("conflict", "Refuse"),
+        ("onSourceDeleted", "Retain"),
+        ("onReplikaDeleted", "Delete"),
+    ];
+    if spec.is_object() && spec.get("policy").is_none_or(Value::is_null) {
+        let policy: serde_json::Map<String, Value> = defaults
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        operations.push(json!({"op": "add", "path": "/spec/policy", "value": policy}));
+    } else if spec["policy"].is_object() {
+        for (field, default) in defaults {
+            if spec["policy"].get(field).is_none_or(Value::is_null) {
+                operations.push(
+                    json!({"op": "add", "path": format!("/spec/policy/{field}"), "value": default}),
+                );
+            }
+        }
+    }
+    if operations.is_empty() {
+        return response;
+    }
+    match serde_json::from_value::<json_patch::Patch>(Value::Array(operations)) {
+        Ok(patch) => response.clone().with_patch(patch).unwrap_or_else(|error| {
+            response.deny(format!("could not encode the defaults: {error}"))
+        }),
+        Err(error) => response.deny(format!("could not build the defaults: {error}")),
+    }
+}
+
+fn parse_replika(object: Option<&DynamicObject>) -> Result<Replika, String> {
+    let object = object.ok_or("the request carries no object")?;
+    let value = serde_json::to_value(object)
+        .map_err(|e| format!("the object cannot be read as JSON: {e}"))?;
+    serde_json::from_value(value).map_err(|e| format!("the object is not a valid Replika: {e}"))
+}
+
+fn denial(problems: &[String]) -> String {
+    let numbered: Vec<String> = problems
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("({}) {p}", i + 1))
+        .collect();
+    format!(
+        "Replika rejected, {} problem(s): {}",
+        problems.len(),
+        numbered.join("; ")
+    )
+}
+
+/// The author must be able to read the source and to write the kind wherever copies go;
+/// otherwise a Replika would launder access they do not have.
+async fn check_author<C: ClusterView>(
+    request: &AdmissionRequest<DynamicObject>,
+    plan: &ReplikaPlan,
+    kind: &ServedKind,
+    cluster: &C,
+) -> Vec<String> {
+    let checks = author_checks(plan, kind);
+    let user = &request.user_info;
+    let who = user
+        .username
+        .clone()
+        .unwrap_or_else(|| "the requesting user".into());
+    match cluster.denied_to_user(user, &checks).await {
+        Ok(denied) => denied
+            .iter()
+            .map(|access| format!("{who} may not {access}"))
+            .collect(),
+        Err(error) => vec![format!("could not check the permissions of {who}: {error}")],
+    }
+}
+
+/// The permissions a Replika's author must hold, in a stable order.
+pub fn author_checks(plan: &ReplikaPlan, kind: &ServedKind) -> Vec<Access> {
+    let access = |verb, namespace: Option<String>, name: Option<String>| Access {
+        verb,
+        group: kind.resource.group.clone(),
+        resource: kind.resource.plural.clone(),
+        namespace,
+        name,
+    };
+    let mut checks = vec![access(
+        "get",
+        Some(plan.source.namespace.clone()),
+        Some(plan.source.name.clone()),
+    )];
+    let rule = &plan.targets;
+    let cluster_wide =
+        rule.match_all || rule.selector.is_some() || rule.replicate_in.iter().any(|p| is_glob(p));
+    let namespaces: BTreeSet<Option<String>> = if cluster_wide {
+        BTreeSet::from([None])
+    } else if rule.replicate_in.is_empty() {
+        BTreeSet::from([Some(crate::domain::targets::DEFAULT_NAMESPACE.to_string())])
+    } else {
+        rule.replicate_in.iter().cloned().map(Some).collect()
+    };
+    for namespace in namespaces {
+        for verb in AUTHOR_TARGET_VERBS {
+            checks.push(access(verb, namespace.clone(), None));
+        }
+    }
+    checks
+}
+
+async fn check_operator<C: ClusterView>(
+    plan: &ReplikaPlan,
+    kind: &ServedKind,
+    cluster: &C,
+) -> Vec<String> {
+    let checks: Vec<Access> = OPERATOR_VERBS
+        .into_iter()
+        .map(|verb| Access {
+            verb,
+            group: kind.resource.group.clone(),
+            resource: kind.resource.plural.clone(),
+            namespace: None,
+            name: None,
+        })
+        .collect();
+    let kind_name = display(&plan.source.gvk);
+    match cluster.denied_to_operator(&checks).await {
+        Ok(denied) if denied.is_empty() => Vec::new(),
+        Ok(denied) => {
+            let verbs: Vec<&str> = denied.iter().map(|a| a.verb).collect();
+            vec![format!(
+                "the operator's RBAC does not allow {} on {kind_name}; the Replika will report Forbidden until an additive ClusterRole grants it (see the README)",
+                verbs.join(", ")
+            )]
+        }
+        Err(error) => vec![format!(
+            "could not check the operator's own permissions on {kind_name}: {error}"
+        )],
+    }
+}
+
+/// Warnings for other Replikas that write objects of the same kind and name.
+fn overlaps(replika: &Replika, plan: &ReplikaPlan, others: &[Replika]) -> Vec<String> {
+    let me = (
+        replika.metadata.namespace.as_deref(),
+        replika.metadata.name.as_deref(),
+    );
+    others
+        .iter()
+        .filter(|other| (other.metadata.namespace.as_deref(), other.metadata.name.as_deref()) != me)
+        .filter_map(|other| {
+            let namespace = other.metadata.namespace.as_deref().unwrap_or_default();
+            let theirs = validate(&other.spec, namespace).ok()?;
+            (theirs.source.gvk == plan.source.gvk
+                && theirs.source.name == plan.source.name
+                && may_overlap(&other.spec, &replika.spec))
+            .then(|| {
+                format!(
+                    "Replika {namespace}/{} also writes {} {:?}; where both target a namespace, the first owner keeps the copy and the other reports a Conflict",
+                    other.metadata.name.as_deref().unwrap_or_default(),
+                    plan.source.gvk.kind,
+                    plan.source.name
+                )
+            })
+        })
+        .collect()
+}
+
+/// Whether two target rules might share a namespace (conservatively true for broad rules).
+fn may_overlap(a: &ReplikaSpec, b: &ReplikaSpec) -> bool {
+    let listed = |spec: &ReplikaSpec| -> Option<BTreeSet<String>> {
+        let namespaces = spec.target.namespaces.clone().unwrap_or_default();
+        let list = namespaces.replicate_in.unwrap_or_default();
+        let broad = namespaces.match_all
+            || namespaces.selector.is_some()
+            || list.iter().any(|p| is_glob(p));
+        if broad {
+            None
+        } else if list.is_empty() {
+            Some(BTreeSet::from([
+                crate::domain::targets::DEFAULT_NAMESPACE.to_string()
+            ]))
+        } else {
+            Some(list.into_iter().collect())
+        }
+    };
+    match (listed(a), listed(b)) {
+        (Some(a), Some(b)) => !a.is_disjoint(&b),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use kube::api::ApiResource;
+    use kube::core::GroupVersionKind;
+    use kube::core::admission::AdmissionReview;
+
+    use super::*;
+
+    /// A cluster described by fixtures.
+    #[derive(Default)]
+    struct Fixture {
+        kinds: HashMap<String, ServedKind>,
+        user_may_not: Vec<(&'static str, Option<&'static str>)>,
+        operator_may_not: Vec<&'static str>,
+        replikas: Vec<Replika>,
+    }
+
+    impl Fixture {
+        fn with_kind(
+            mut self,
+            group: &str,
+            version: &str,
+            kind: &str,
+            plural: &str,
+            namespaced: bool,
+        ) -> Self {
+            let gvk = GroupVersionKind::gvk(group, version, kind);
+            let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+            self.kinds.insert(
+                kind.to_string(),
+                ServedKind {
+                    resource,
+                    namespaced,
+                },
+            );
+            self
+        }
+
+        fn standard() -> Self {
+            Fixture::default()
+                .with_kind("", "v1", "Secret", "secrets", true)
+                .with_kind("", "v1", "Node", "nodes", false)
+        }
+    }
+
+    impl ClusterView for Fixture {
+        async fn kind(&self, gvk: &GroupVersionKind) -> Result<ServedKind, KindError> {
+            self.kinds
+                .get(&gvk.kind)
+                .cloned()
+                .ok_or_else(|| KindError::NotServed(gvk.kind.clone()))
+        }
+
+        async fn denied_to_user(
+            &self,
+            _user: &UserInfo,
+            checks: &[Access],
+        ) -> Result<Vec<Access>, String> {
+            Ok(checks
+                .iter()
+                .filter(|a| {
+                    self.user_may_not
+                        .contains(&(a.verb, a.namespace.as_deref()))
+                })
+                .cloned()
+                .collect())
+        }
+
+        async fn denied_to_operator(&self, checks: &[Access]) -> Result<Vec<Access>, String> {
+            Ok(checks
+                .iter()
+                .filter(|a| self.operator_may_not.contains(&a.verb))
+                .cloned()
+                .collect())
+        }
+
+        fn replikas(&self) -> Vec<Replika> {
+            self.replikas.clone()
+        }
+    }
+
+    fn replika_json(kind: &str, time: &str, namespaces: Value) -> Value {
+        json!({
+            "apiVersion": "replika.prosimcorp.com/v1beta1",
+            "kind": "Replika",
+            "metadata": {"name": "creds", "namespace": "platform"},
+            "spec": {
+                "synchronization": {"time": time},
+                "source": {"group": "", "version": "v1", "kind": kind, "name": "registry"},
+                "target": {"namespaces": namespaces}
+            }
+        })
+    }
+
+    fn request(
+        operation: &str,
+        object: Value,
+        old: Option<Value>,
+    ) -> AdmissionRequest<DynamicObject> {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "42",
+                "kind": {"group": "replika.prosimcorp.com", "version": "v1beta1", "kind": "Replika"},
+                "resource": {"group": "replika.prosimcorp.com", "version": "v1beta1", "resource": "replikas"},
+                "name": "creds", "namespace": "platform", "operation": operation,
+                "userInfo": {"username": "alice", "groups": ["devs"]},
+                "object": object, "oldObject": old
+            }
+        }))
+        .expect("a valid AdmissionReview fixture");
+        review.try_into().expect("the fixture has a request")
+    }
+
+    fn create(object: Value) -> AdmissionRequest<DynamicObject> {
+        request("CREATE", object, None)
+    }
+
+    #[tokio::test]
+    async fn a_sound_replika_is_admitted_without_warnings() {
+        let req = create(replika_json(
+            "Secret",
+            "20s",
+            json!({"matchAll": false, "replicateIn": ["team-a"]}),
+        ));
+        let response = validate_request(&req, &Fixture::standard()).await;
+        assert!(response.allowed, "{}", response.result.message);
+        assert_eq!(response.warnings, None);
+    }
+
+    #[tokio::test]
+    async fn the_denial_names_every_problem_of_the_spec() {
+        let req = create(replika_json(
+            "Secret",
+            "banana",
+            json!({"matchAll": false, "replicateIn": ["platform", "Bad"]}),
+        ));
+        let response = validate_request(&req, &Fixture::standard()).await;
+        assert!(!response.allowed);
+        let message = &response.result.message;
+        assert!(
+            message.starts_with("Replika rejected, 3 problem(s)"),
+            "{message}"
+        );
+        assert!(
+            message.contains("\"banana\" is not a duration"),
+            "{message}"
+        );
+        assert!(
+            message.contains("names the source namespace \"platform\""),
+            "{message}"
+        );
+        assert!(message.contains("replicateIn[1]: \"Bad\""), "{message}");
+    }
+
+    #[tokio::test]
+    async fn cluster_scoped_and_refused_kinds_are_denied() {
+        for kind in ["Node", "Event"] {
+            let req = create(replika_json(kind, "20s", json!({"matchAll": true})));
+            let response = validate_request(&req, &Fixture::standard()).await;
+            assert!(!response.allowed, "{kind} was admitted");
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_permissions_of_the_author_are_each_named() {
+        let fixture = Fixture {
+            user_may_not: vec![("get", Some("platform")), ("delete", Some("team-b"))],
+            ..Fixture::standard()
+        };
+        let req = create(replika_json(
+            "Secret",
+            "20s",
+            json!({"matchAll": false, "replicateIn": ["team-a", "team-b"]}),
+        ));
+        let response = validate_request(&req, &fixture).await;
+        assert!(!response.allowed);
+        let message = &response.result.message;
+        assert!(
+            message.contains("alice may not get secrets \"registry\" in namespace \"platform\""),
+            "{message}"
+        );
+        assert!(
+            message.contains("alice may not delete secrets in namespace \"team-b\""),
+            "{message}"
+        );
+        assert!(
+            message.starts_with("Replika rejected, 2 problem(s)"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn broad_targets_need_cluster_wide_rights() {
+        let fixture = Fixture {
+            user_may_not: vec![("create", None)],
+            ..Fixture::standard()
+        };
+        for namespaces in [
+            json!({"matchAll": true}),
+            json!({"matchAll": false, "replicateIn": ["team-*"]}),
+            json!({"matchAll": false, "selector": {"matchLabels": {"tier": "apps"}}}),
+        ] {
+            let response = validate_request(
+                &create(replika_json("Secret", "20s", namespaces.clone())),
+                &fixture,
+            )
+            .await;
+            assert!(!response.allowed, "{namespaces} was admitted");
+            assert!(
+                response
+                    .result
+                    .message
+                    .contains("create secrets in all namespaces"),
+                "{}",
+                response.result.message
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unserved_kinds_and_missing_operator_rights_only_warn() {
+        let req = create(replika_json(
+            "AlertmanagerConfig",
+            "20s",
+            json!({"matchAll": true}),
+        ));
+        let response = validate_request(&req, &Fixture::standard()).await;
+        assert!(response.allowed);
+        assert!(
+            response.warnings.expect("a warning")[0].contains("not served by this cluster yet")
+        );
+
+        let fixture = Fixture {
+            operator_may_not: vec!["create", "delete"],
+            ..Fixture::standard()
+        };
+        let response = validate_request(
+            &create(replika_json("Secret", "20s", json!({"matchAll": true}))),
+            &fixture,
+        )
+        .await;
+        assert!(response.allowed);
+        let warnings = response.warnings.expect("a warning");
+        assert!(
+            warnings[0].contains("does not allow create, delete on Secret.v1"),
+            "{warnings:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn another_replika_writing_the_same_objects_is_a_warning() {
+        let mut other: Replika = serde_json::from_value(replika_json(
+            "Secret",
+            "20s",
+            json!({"matchAll": false, "replicateIn": ["team-a"]}),
+        ))
+        .expect("a Replika");
+        other.metadata.namespace = Some("elsewhere".into());
+        let fixture = Fixture {
+            replikas: vec![other],
+            ..Fixture::standard()
+        };
+        let overlapping = create(replika_json(
+            "Secret",
+            "20s",
+            json!({"matchAll": false, "replicateIn": ["team-a"]}),
+        ));
+        let warnings = validate_request(&overlapping, &fixture)
+            .await
+            .warnings
+            .expect("a warning");
+        assert!(
+            warnings[0].contains("Replika elsewhere/creds also writes Secret \"registry\""),
+            "{warnings:?}"
+        );
+        let apart = create(replika_json(
+            "Secret",
+            "20s",
+            json!({"matchAll": false, "replicateIn": ["team-b"]}),
+        ));
+        assert_eq!(validate_request(&apart, &fixture).await.warnings, None);
+    }
+
+    #[tokio::test]
+    async fn updates_that_keep_the_spec_are_not_rechecked() {
+        let fixture = Fixture {
+            user_may_not: vec![("get", Some("platform"))],
+            ..Fixture::standard()
+        };
+        let old = replika_json("Secret", "20s", json!({"matchAll": true}));
+        let mut new = old.clone();
+        new["metadata"]["finalizers"] = json!(["replika.prosimcorp.com/cleanup"]);
+        assert!(
+            validate_request(&request("UPDATE", new.clone(), Some(old.clone())), &fixture)
+                .await
+                .allowed
+        );
+        new["spec"]["synchronization"]["time"] = json!("30s");
+        assert!(
+            !validate_request(&request("UPDATE", new, Some(old)), &fixture)
+                .await
+                .allowed
+        );
+    }
+
+    fn patch_of(response: &AdmissionResponse) -> Value {
+        serde_json::from_slice(response.patch.as_deref().unwrap_or(b"[]")).expect("a JSON patch")
+    }
+
+    #[test]
+    fn mutation_fills_absent_fields_only() {
+        let mut object = replika_json(
+            "Secret",
+            "20s",
+            json!({"matchAll": true, "excludeFrom": ["b", "a"]}),
+        );
+        let response = mutate_request(&create(object.clone()));
+        assert_eq!(
+            patch_of(&response),
+            json!([
+                {"op": "add", "path": "/spec/source/namespace", "value": "platform"},
+                {"op": "add", "path": "/spec/policy", "value": {"conflict": "Refuse", "onSourceDeleted": "Retain", "onReplikaDeleted": "Delete"}}
+            ])
+        );
+        object["spec"]["source"]["namespace"] = json!("other");
+        object["spec"]["policy"] = json!({"conflict": "Adopt"});
+        let response = mutate_request(&create(object.clone()));
+        assert_eq!(
+            patch_of(&response),
+            json!([
+                {"op": "add", "path": "/spec/policy/onSourceDeleted", "value": "Retain"},
+                {"op": "add", "path": "/spec/policy/onReplikaDeleted", "value": "Delete"}
+            ])
+        );
+        object["spec"]["policy"] =
+            json!({"conflict": "Adopt", "onSourceDeleted": "Delete", "onReplikaDeleted": "Orphan"});
+        assert_eq!(mutate_request(&create(object)).patch, None);
+    }
+}

@@ -7,4 +7,7 @@
 pub mod api;
 pub mod controller;
 pub mod domain;
+pub mod health;
+pub mod leader;
+pub mod metrics;
 pub mod webhook;

@@ -2,13 +2,18 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::{Client, CustomResourceExt};
 use replika::api::Replika;
-use replika::controller;
+use replika::controller::{self, Telemetry};
+use replika::domain::duration::parse_go_duration;
+use replika::health::{self, Readiness};
+use replika::leader::{self, LeaseSettings};
+use replika::metrics::Metrics;
 use replika::webhook::{self, Certificates, self_managed::SelfManaged, tls};
 use tokio::sync::watch;
 use tracing::{error, info};
@@ -72,6 +77,24 @@ struct RunArgs {
     /// Self-managed certificates: the webhook configurations whose caBundle is kept current.
     #[arg(long, env = "REPLIKA_WEBHOOK_CONFIGURATION", default_value = "replika")]
     webhook_configuration: String,
+    /// Serve /metrics, /healthz and /readyz over plain HTTP on this address (e.g. 0.0.0.0:8080); off when absent.
+    #[arg(long, env = "REPLIKA_METRICS_BIND")]
+    metrics_bind: Option<SocketAddr>,
+    /// Reconcile only while holding a Lease, so that several replicas can run side by side.
+    #[arg(long, env = "REPLIKA_LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Leader election: name of the Lease.
+    #[arg(long, env = "REPLIKA_LEASE_NAME", default_value = "replika-leader")]
+    lease_name: String,
+    /// Leader election: namespace of the Lease (the pod's own namespace in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "replika")]
+    lease_namespace: String,
+    /// Leader election: how long a leader that stopped renewing keeps the Lease (Go duration).
+    #[arg(long, env = "REPLIKA_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
+    lease_duration: Duration,
+    /// Leader election: this process's identity (the pod name in a cluster; the host name and process id otherwise).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -91,6 +114,14 @@ struct CertsArgs {
 enum LogFormat {
     Text,
     Json,
+}
+
+fn parse_lease_duration(value: &str) -> Result<Duration, String> {
+    match parse_go_duration(value) {
+        Ok(duration) if duration >= Duration::from_secs(2) => Ok(duration),
+        Ok(_) => Err("the lease must last at least 2s".into()),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 fn parse_namespaced(value: &str) -> Result<(String, String), String> {
@@ -150,6 +181,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
+    let stop_watch = stop_rx.clone();
     let stopped = move || {
         let mut stop_rx = stop_rx.clone();
         async move {
@@ -160,11 +192,36 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.reconcile && args.webhook_bind.is_none() {
         anyhow::bail!("nothing to run: --reconcile=false and no --webhook-bind");
     }
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::default());
+    // A part this process does not run is never what keeps it unready.
+    readiness.webhook.set(args.webhook_bind.is_none());
+    readiness
+        .engine
+        .set(!args.reconcile || args.leader_election);
+    let operations = args.metrics_bind.map(|bind| {
+        let (metrics, readiness, stopped) = (metrics.clone(), readiness.clone(), stopped());
+        tokio::spawn(async move {
+            if let Err(error) = health::serve(bind, metrics, readiness, stopped).await {
+                error!(%error, "the operations endpoint failed");
+            }
+        })
+    });
+    {
+        // Out of the Service's endpoints as soon as shutdown starts.
+        let (readiness, stopped) = (readiness.clone(), stopped());
+        tokio::spawn(async move {
+            stopped.await;
+            readiness.shutting_down.set(true);
+        });
+    }
     let webhook = match webhook_options(&args, &client)? {
         Some(options) => {
-            let (client, stopped) = (client.clone(), stopped());
+            let (client, metrics, readiness) = (client.clone(), metrics.clone(), readiness.clone());
+            let stopped = stopped();
             Some(tokio::spawn(async move {
-                if let Err(error) = webhook::run(client, options, stopped).await {
+                if let Err(error) = webhook::run(client, options, metrics, readiness, stopped).await
+                {
                     error!(%error, "the webhook server failed");
                 }
             }))
@@ -175,13 +232,47 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_parallel_writes: args.max_parallel_writes.max(1),
         max_parallel_replikas: args.max_parallel_replikas.max(1),
     };
-    if args.reconcile {
-        controller::run(client, settings, stopped()).await;
+    let telemetry = || Telemetry {
+        metrics: metrics.clone(),
+        ready: readiness.clone(),
+    };
+    if args.reconcile && args.leader_election {
+        let lease = LeaseSettings {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity: args.identity.clone().unwrap_or_else(default_identity),
+            duration: args.lease_duration,
+        };
+        let on_leadership = |leading: bool| {
+            metrics.leader.set(i64::from(leading));
+            // The leader is ready once its caches sync; a follower has none to wait for.
+            readiness.engine.set(!leading);
+        };
+        let (client, settings) = (client.clone(), settings.clone());
+        leader::run_while_leading(client.clone(), lease, stop_watch, on_leadership, |until| {
+            controller::run(client.clone(), settings.clone(), telemetry(), until)
+        })
+        .await
+        .context("leader election failed")?;
+    } else if args.reconcile {
+        metrics.leader.set(1);
+        controller::run(client, settings, telemetry(), stopped()).await;
     }
     if let Some(webhook) = webhook {
         let _ = webhook.await;
     }
+    if let Some(operations) = operations {
+        let _ = operations.await;
+    }
     Ok(())
+}
+
+/// The host name and process id: unique enough for a process outside a pod.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "replika".into());
+    format!("{host}-{}", std::process::id())
 }
 
 fn webhook_options(args: &RunArgs, client: &Client) -> anyhow::Result<Option<webhook::Options>> {

@@ -25,6 +25,7 @@ use crate::api::{
     LABEL_PART_OF,
 };
 use crate::domain::copy::CopyTemplate;
+use crate::metrics::{CopyOperation, Metrics};
 
 /// What happened to one target namespace in a pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +37,16 @@ pub enum Outcome {
     Replaced,
     Conflict(String),
     Failed(String),
+}
+
+impl Outcome {
+    /// Whether the namespace holds an up-to-date copy after the pass.
+    pub fn is_synced(&self) -> bool {
+        matches!(
+            self,
+            Outcome::InSync | Outcome::Created | Outcome::Updated | Outcome::Replaced
+        )
+    }
 }
 
 /// Resource versions of copies as we last wrote them, by (Replika UID, namespace).
@@ -76,6 +87,7 @@ pub struct CopyWriter<'a> {
     pub resource: &'a ApiResource,
     pub owner_uid: &'a str,
     pub written: &'a WrittenVersions,
+    pub metrics: &'a Metrics,
 }
 
 impl CopyWriter<'_> {
@@ -152,6 +164,7 @@ impl CopyWriter<'_> {
             Ok(created) => {
                 self.written
                     .set(self.owner_uid, namespace, created.resource_version());
+                self.metrics.observe_write(CopyOperation::Create);
                 Outcome::Created
             }
             Err(kube::Error::Api(status)) if status.is_already_exists() => {
@@ -178,6 +191,7 @@ impl CopyWriter<'_> {
             Ok(applied) => {
                 self.written
                     .set(self.owner_uid, &namespace, applied.resource_version());
+                self.metrics.observe_write(CopyOperation::Update);
                 Outcome::Updated
             }
             Err(kube::Error::Api(status))
@@ -193,7 +207,10 @@ impl CopyWriter<'_> {
         let namespace = existing.namespace().unwrap_or_default();
         match self.delete(existing).await {
             Ok(()) => match self.create(&namespace, template).await {
-                Outcome::Created => Outcome::Replaced,
+                Outcome::Created => {
+                    self.metrics.observe_write(CopyOperation::Replace);
+                    Outcome::Replaced
+                }
                 other => other,
             },
             Err(error) => Outcome::Failed(describe(&error)),
@@ -216,7 +233,10 @@ impl CopyWriter<'_> {
             .delete(&existing.name_any(), &params)
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.metrics.observe_write(CopyOperation::Delete);
+                Ok(())
+            }
             Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
             Err(error) => Err(error),
         }

@@ -28,6 +28,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::api::Replika;
+use crate::health::Readiness;
+use crate::metrics::{Metrics, ReconcileLabels};
 pub use error::Error;
 
 /// Name used as field manager for every write and as the Events' reporting controller.
@@ -60,12 +62,55 @@ pub struct Context {
     pub recorder: Recorder,
     pub written: copies::WrittenVersions,
     pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    /// Copies in sync per Replika UID, summed into the `copies_managed` gauge.
+    pub synced_copies: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Context {
+    /// Writes for the copies of the Replika with `owner_uid`, of kind `resource`.
+    pub fn copy_writer<'a>(
+        &'a self,
+        resource: &'a kube::api::ApiResource,
+        owner_uid: &'a str,
+    ) -> copies::CopyWriter<'a> {
+        copies::CopyWriter {
+            client: &self.client,
+            resource,
+            owner_uid,
+            written: &self.written,
+            metrics: &self.metrics,
+        }
+    }
+
+    /// Records how many copies of one Replika are in sync (`None`: it is gone).
+    pub fn record_synced(&self, replika_uid: &str, synced: Option<u32>) {
+        let mut counts = self
+            .synced_copies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match synced {
+            Some(count) => counts.insert(replika_uid.to_string(), count),
+            None => counts.remove(replika_uid),
+        };
+        self.metrics
+            .copies_managed
+            .set(counts.values().map(|c| i64::from(*c)).sum());
+    }
+}
+
+/// What the engine reports to the rest of the process.
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    /// Set once the namespace and Replika caches have their first full list.
+    pub ready: Arc<Readiness>,
 }
 
 /// Runs the replication engine until `shutdown` resolves.
 pub async fn run(
     client: Client,
     settings: Settings,
+    telemetry: Telemetry,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
@@ -89,23 +134,48 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         written: copies::WrittenVersions::default(),
         settings: settings.clone(),
+        metrics: telemetry.metrics.clone(),
+        synced_copies: Default::default(),
     });
     info!("replication engine started");
-    Controller::new(
+    let controller = Controller::new(
         Api::<Replika>::all(client),
         watcher::Config::default().any_semantic(),
-    )
-    .with_config(kube::runtime::Config::default().concurrency(settings.max_parallel_replikas))
-    .reconcile_on(receiver_stream(trigger_rx))
-    .reconcile_all_on(receiver_stream(namespace_rx))
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile::reconcile, reconcile::error_policy, context)
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            warn!(%error, "reconcile failed");
+    );
+    let (replikas, namespace_store) = (controller.store(), context.namespaces.store());
+    let readiness = tokio::spawn(async move {
+        if replikas.wait_until_ready().await.is_ok()
+            && namespace_store.wait_until_ready().await.is_ok()
+        {
+            telemetry.ready.engine.set(true);
         }
-    })
-    .await;
+    });
+    let metrics = telemetry.metrics;
+    controller
+        .with_config(kube::runtime::Config::default().concurrency(settings.max_parallel_replikas))
+        .reconcile_on(receiver_stream(trigger_rx))
+        .reconcile_all_on(receiver_stream(namespace_rx))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, context)
+        .for_each(|result| {
+            let outcome = match &result {
+                Ok(_) => "success",
+                Err(kube::runtime::controller::Error::ReconcilerFailed(error, _)) => error.label(),
+                Err(_) => "controller",
+            };
+            metrics
+                .reconciles
+                .get_or_create(&ReconcileLabels {
+                    result: outcome.into(),
+                })
+                .inc();
+            if let Err(error) = result {
+                warn!(%error, "reconcile failed");
+            }
+            std::future::ready(())
+        })
+        .await;
+    readiness.abort();
     namespace_task.abort();
     info!("replication engine stopped");
 }

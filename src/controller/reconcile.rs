@@ -93,12 +93,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         CacheState::Syncing => return Ok(Action::requeue(RETRY_BLOCKED)),
     };
     let owner = owner_of(replika);
-    let writer = CopyWriter {
-        client: &ctx.client,
-        resource: &caches.kind.resource,
-        owner_uid: &owner.uid,
-        written: &ctx.written,
-    };
+    let writer = ctx.copy_writer(&caches.kind.resource, &owner.uid);
     let source_key = ObjectRef::new_with(&plan.source.name, caches.kind.resource.clone())
         .within(&plan.source.namespace);
     let Some(source) = caches.source.store.get(&source_key) else {
@@ -150,6 +145,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         .filter_map(|object| Some((object.namespace()?, object)))
         .collect();
 
+    let source_changed_at = caches.source.health.last_change();
     let outcomes: BTreeMap<String, Outcome> = stream::iter(targets.iter().cloned())
         .map(|namespace| {
             let found = existing.get(&namespace).cloned();
@@ -164,6 +160,13 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
                     plan.policy.conflict,
                 )
                 .await;
+                if let (Outcome::Created | Outcome::Updated | Outcome::Replaced, Some(changed)) =
+                    (&outcome, source_changed_at)
+                {
+                    ctx.metrics
+                        .propagation
+                        .observe(changed.elapsed().as_secs_f64());
+                }
                 (namespace, outcome)
             }
         })
@@ -174,6 +177,8 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         .await
         .removed;
 
+    let synced = outcomes.values().filter(|o| o.is_synced()).count();
+    ctx.record_synced(&owner.uid, Some(u32::try_from(synced).unwrap_or(u32::MAX)));
     let result = PassResult::Replicated {
         outcomes,
         pruned,
@@ -324,12 +329,7 @@ async fn cleanup(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     if let Ok(plan) = validate(&replika.spec, &owner.namespace) {
         match open_caches(replika, &plan, ctx).await? {
             CacheState::Ready(caches) => {
-                let writer = CopyWriter {
-                    client: &ctx.client,
-                    resource: &caches.kind.resource,
-                    owner_uid: &owner.uid,
-                    written: &ctx.written,
-                };
+                let writer = ctx.copy_writer(&caches.kind.resource, &owner.uid);
                 match plan.policy.on_replika_deleted {
                     ReplikaDeletedPolicy::Delete => {
                         let pruned =
@@ -353,6 +353,7 @@ async fn cleanup(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     }
     ctx.watches.forget(&replika_ref);
     ctx.written.forget_owner(&owner.uid);
+    ctx.record_synced(&owner.uid, None);
     Ok(Action::await_change())
 }
 

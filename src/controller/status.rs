@@ -174,11 +174,9 @@ fn count(outcomes: &BTreeMap<String, Outcome>) -> TargetCounts {
     };
     for outcome in outcomes.values() {
         match outcome {
-            Outcome::InSync | Outcome::Created | Outcome::Updated | Outcome::Replaced => {
-                counts.synced += 1
-            }
             Outcome::Conflict(_) => counts.conflicts += 1,
             Outcome::Failed(_) => counts.failed += 1,
+            _ => counts.synced += 1,
         }
     }
     counts

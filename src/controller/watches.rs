@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -61,6 +62,11 @@ impl NamespaceCache {
     pub fn all(&self) -> Vec<Arc<PartialObjectMeta<Namespace>>> {
         self.store.state()
     }
+
+    /// The underlying store, for waiting on its first list.
+    pub fn store(&self) -> Store<PartialObjectMeta<Namespace>> {
+        self.store.clone()
+    }
 }
 
 /// A watch failure worth telling the user about.
@@ -76,6 +82,7 @@ pub struct WatchFailure {
 pub struct WatchHealth {
     synced: AtomicBool,
     failure: Mutex<Option<WatchFailure>>,
+    last_change: Mutex<Option<Instant>>,
 }
 
 impl WatchHealth {
@@ -85,6 +92,11 @@ impl WatchHealth {
 
     pub fn failure(&self) -> Option<WatchFailure> {
         lock(&self.failure).clone()
+    }
+
+    /// When the watch last delivered a change (not counting its initial list).
+    pub fn last_change(&self) -> Option<Instant> {
+        *lock(&self.last_change)
     }
 
     /// Records the outcome of one poll; returns true when the failure state changed.
@@ -323,7 +335,10 @@ async fn drive_watch<K>(
                         health.synced.store(true, Ordering::Release);
                         notify();
                     }
-                    Event::Apply(_) | Event::Delete(_) => notify(),
+                    Event::Apply(_) | Event::Delete(_) => {
+                        *lock(&health.last_change) = Some(Instant::now());
+                        notify();
+                    }
                     Event::Init | Event::InitApply(_) if recovered => notify(),
                     Event::Init | Event::InitApply(_) => {}
                 }

@@ -2,7 +2,7 @@
 //! or into a clear HTTP error when the request is not one.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -15,6 +15,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use tracing::{debug, info};
 
 use super::admission::{ClusterView, mutate_request, validate_request};
+use crate::metrics::{Metrics, Webhook, WebhookResult};
 
 /// Largest request body accepted: an AdmissionReview holds the object twice, and
 /// objects are at most ~1.5 MiB in etcd.
@@ -22,42 +23,66 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// How long a client may take to send its body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What the handlers share.
+struct Handlers<C> {
+    cluster: C,
+    metrics: Arc<Metrics>,
+}
+
 /// The routes `/validate` and `/mutate`.
-pub fn routes<C: ClusterView + Send + Sync + 'static>(cluster: Arc<C>) -> Router {
+pub fn routes<C: ClusterView + Send + Sync + 'static>(cluster: C, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/validate", post(validate::<C>))
         .route("/mutate", post(mutate::<C>))
-        .with_state(cluster)
+        .with_state(Arc::new(Handlers { cluster, metrics }))
 }
 
 async fn validate<C: ClusterView + Send + Sync + 'static>(
-    State(cluster): State<Arc<C>>,
+    State(handlers): State<Arc<Handlers<C>>>,
     request: Request,
 ) -> Response {
-    match read_review(request).await {
+    let started = Instant::now();
+    let answer = match read_review(request).await {
         Ok(review) => {
-            let response = validate_request(&review, cluster.as_ref()).await;
+            let response = validate_request(&review, &handlers.cluster).await;
             if !response.allowed {
                 info!(user = ?review.user_info.username, namespace = ?review.namespace, name = %review.name, reason = %response.result.message, "denied a Replika");
             }
-            respond(response)
+            Ok(response)
         }
-        Err(error) => error.into_response(),
-    }
+        Err(error) => Err(error),
+    };
+    respond(&handlers.metrics, Webhook::Validate, started, answer)
 }
 
 async fn mutate<C: ClusterView + Send + Sync + 'static>(
-    State(_): State<Arc<C>>,
+    State(handlers): State<Arc<Handlers<C>>>,
     request: Request,
 ) -> Response {
-    match read_review(request).await {
-        Ok(review) => respond(mutate_request(&review)),
-        Err(error) => error.into_response(),
-    }
+    let started = Instant::now();
+    let answer = read_review(request)
+        .await
+        .map(|review| mutate_request(&review));
+    respond(&handlers.metrics, Webhook::Mutate, started, answer)
 }
 
-fn respond(response: AdmissionResponse) -> Response {
-    axum::Json(response.into_review()).into_response()
+/// Turns an answer into a response, counting it.
+fn respond(
+    metrics: &Metrics,
+    webhook: Webhook,
+    started: Instant,
+    answer: Result<AdmissionResponse, BadRequest>,
+) -> Response {
+    let result = match &answer {
+        Ok(response) if response.allowed => WebhookResult::Allowed,
+        Ok(_) => WebhookResult::Denied,
+        Err(_) => WebhookResult::BadRequest,
+    };
+    metrics.observe_webhook(webhook, result, started.elapsed());
+    match answer {
+        Ok(response) => axum::Json(response.into_review()).into_response(),
+        Err(error) => error.into_response(),
+    }
 }
 
 /// Why a request is not an AdmissionReview this webhook can answer.

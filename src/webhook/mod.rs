@@ -24,6 +24,8 @@ use kube::{Api, Client};
 use tracing::warn;
 
 use crate::api::Replika;
+use crate::health::Readiness;
+use crate::metrics::Metrics;
 
 /// Where the serving certificate comes from.
 pub enum Certificates {
@@ -55,10 +57,13 @@ pub enum WebhookError {
     },
 }
 
-/// Serves the webhooks until `shutdown` resolves.
+/// Serves the webhooks until `shutdown` resolves; sets `readiness.webhook` once a
+/// certificate is loaded and the Replika cache has its first list.
 pub async fn run(
     client: Client,
     options: Options,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WebhookError> {
     // Kept alive while serving: dropping it stops the reload.
@@ -89,7 +94,15 @@ pub async fn run(
             }
         }),
     );
-    let cluster = Arc::new(cluster::LiveCluster::new(client, replikas));
+    let ready_when_listed = {
+        let replikas = replikas.clone();
+        tokio::spawn(async move {
+            if replikas.wait_until_ready().await.is_ok() {
+                readiness.webhook.set(true);
+            }
+        })
+    };
+    let cluster = cluster::LiveCluster::new(client, replikas);
     let listener = tokio::net::TcpListener::bind(options.bind)
         .await
         .map_err(|source| WebhookError::Bind {
@@ -99,11 +112,12 @@ pub async fn run(
     server::serve(
         listener,
         tls::server_config(resolver)?,
-        http::routes(cluster),
+        http::routes(cluster, metrics),
         options.limits,
         shutdown,
     )
     .await;
     replika_watch.abort();
+    ready_when_listed.abort();
     Ok(())
 }

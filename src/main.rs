@@ -55,7 +55,7 @@ struct RunArgs {
     #[arg(long, env = "REPLIKA_MAX_PARALLEL_REPLIKAS", default_value_t = 4)]
     max_parallel_replikas: u16,
     /// Run the replication engine; `--reconcile=false` serves only the webhooks.
-    #[arg(long, env = "REPLIKA_RECONCILE", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "REPLIKA_RECONCILE", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     reconcile: bool,
     /// Serve the admission webhooks on this address (e.g. 0.0.0.0:9443); off when absent.
     #[arg(long, env = "REPLIKA_WEBHOOK_BIND")]
@@ -81,7 +81,7 @@ struct RunArgs {
     #[arg(long, env = "REPLIKA_METRICS_BIND")]
     metrics_bind: Option<SocketAddr>,
     /// Reconcile only while holding a Lease, so that several replicas can run side by side.
-    #[arg(long, env = "REPLIKA_LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "REPLIKA_LEADER_ELECTION", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     leader_election: bool,
     /// Leader election: name of the Lease.
     #[arg(long, env = "REPLIKA_LEASE_NAME", default_value = "replika-leader")]

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -19,7 +19,7 @@ pub struct ReconcileLabels {
 }
 
 /// A write to a copy.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum CopyOperation {
     Create,
     Update,
@@ -33,14 +33,14 @@ pub struct CopyWriteLabels {
 }
 
 /// Which webhook answered.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum Webhook {
     Validate,
     Mutate,
 }
 
 /// How a webhook request ended.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum WebhookResult {
     Allowed,
     Denied,
@@ -56,6 +56,26 @@ pub struct WebhookLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLatencyLabels {
     pub webhook: Webhook,
+}
+
+/// Label values in snake_case, as Prometheus names are: `operation="create"`.
+macro_rules! snake_case_label_values {
+    ($($kind:ident { $($variant:ident => $value:literal),+ $(,)? })+) => {$(
+        impl EncodeLabelValue for $kind {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                let value = match self {
+                    $($kind::$variant => $value),+
+                };
+                EncodeLabelValue::encode(&value, encoder)
+            }
+        }
+    )+};
+}
+
+snake_case_label_values! {
+    CopyOperation { Create => "create", Update => "update", Replace => "replace", Delete => "delete" }
+    Webhook { Validate => "validate", Mutate => "mutate" }
+    WebhookResult { Allowed => "allowed", Denied => "denied", BadRequest => "bad_request" }
 }
 
 /// Every metric the operator exports.
@@ -180,17 +200,17 @@ mod tests {
         );
         let text = metrics.encode();
         assert!(
-            text.contains("replika_copy_writes_total{operation=\"Create\"} 1"),
+            text.contains("replika_copy_writes_total{operation=\"create\"} 1"),
             "{text}"
         );
         assert!(
             text.contains(
-                "replika_webhook_requests_total{webhook=\"Validate\",result=\"Denied\"} 1"
+                "replika_webhook_requests_total{webhook=\"validate\",result=\"denied\"} 1"
             ),
             "{text}"
         );
         assert!(
-            text.contains("replika_webhook_duration_seconds_count{webhook=\"Validate\"} 1"),
+            text.contains("replika_webhook_duration_seconds_count{webhook=\"validate\"} 1"),
             "{text}"
         );
     }

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -27,13 +26,6 @@ struct Webhook {
 }
 
 static WEBHOOK: OnceLock<Webhook> = OnceLock::new();
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 fn replika_certs(out: &Path) {
     let made = run(Command::new(env!("CARGO_BIN_EXE_replika"))

@@ -15,11 +15,13 @@ pub mod status;
 pub mod watches;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{Controller, WatchStreamExt};
@@ -144,9 +146,8 @@ pub async fn run(
     );
     let (replikas, namespace_store) = (controller.store(), context.namespaces.store());
     let readiness = tokio::spawn(async move {
-        if replikas.wait_until_ready().await.is_ok()
-            && namespace_store.wait_until_ready().await.is_ok()
-        {
+        if first_list_done(&replikas).await && first_list_done(&namespace_store).await {
+            info!("Replika and namespace caches synced: the engine is ready");
             telemetry.ready.engine.set(true);
         }
     });
@@ -204,6 +205,23 @@ async fn watch_namespaces(
             }
             Ok(Event::Init | Event::InitApply(_)) => {}
             Err(error) => warn!(%error, "namespace watch failed; retrying"),
+        }
+    }
+}
+
+/// Waits for a store's first full list; false if its writer is gone. Polls
+/// rather than awaiting `wait_until_ready` alone: in kube-runtime 5 only one of
+/// several concurrent waiters is woken, and the Controller itself is one.
+async fn first_list_done<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        if let Some(result) = store.wait_until_ready().now_or_never() {
+            return result.is_ok();
         }
     }
 }

@@ -65,10 +65,7 @@ impl Processes {
 
     /// Fails, with the end of its log, if a started process is no longer running.
     pub(crate) fn ensure_running(&self, layout: &Layout) -> Result<()> {
-        let exited = self
-            .started
-            .iter()
-            .find(|p| !is_running(p.child.id(), &p.name));
+        let exited = self.started.iter().find(|p| !is_alive(p.child.id()));
         let Some(exited) = exited else {
             return Ok(());
         };
@@ -143,6 +140,19 @@ fn kill_and_wait(pid: u32, name: &str) -> Result<()> {
 /// Whether `pid` is a live process running the program called `name`. Exited
 /// processes that nobody has reaped yet (zombies) have an empty command line,
 /// so they do not count.
+/// Whether our own child `pid` has not exited. Its name is not checked: just
+/// after the fork, before the exec, it still carries this process's name.
+fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name: `pid (comm) S ...`.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, None | Some('Z' | 'X'))
+}
+
 fn is_running(pid: u32, name: &str) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;

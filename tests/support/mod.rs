@@ -38,15 +38,19 @@ pub struct OperatorProcess {
 
 static HARNESS: OnceLock<Harness> = OnceLock::new();
 
-/// The harness with an operator that only reconciles (no webhook), set up on first use.
-pub fn harness() -> &'static Harness {
-    harness_with(|_| Vec::new())
+/// The plane of this test binary with `deploy/base` installed, and the
+/// operator's ServiceAccount identity; no operator runs yet.
+pub struct Installed {
+    pub plane: &'static ControlPlane,
+    /// Kubeconfig of the operator's ServiceAccount (deploy RBAC, token from TokenRequest).
+    pub operator_kubeconfig: PathBuf,
 }
 
-/// The harness, set up on first use; `extra_args` prepares the plane and returns
-/// more arguments for `replika run`. Only the first call's setup runs.
-pub fn harness_with(extra_args: impl FnOnce(&ControlPlane) -> Vec<String>) -> &'static Harness {
-    HARNESS.get_or_init(|| {
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// The plane with `deploy/base` installed, set up on first use.
+pub fn installed() -> &'static Installed {
+    INSTALLED.get_or_init(|| {
         let plane = ControlPlane::shared();
         install_deploy_base(plane);
         // The operator's identity comes from the TokenRequest API; testenv needs a runtime for it.
@@ -57,14 +61,74 @@ pub fn harness_with(extra_args: impl FnOnce(&ControlPlane) -> Vec<String>) -> &'
         })
         .join()
         .expect("the ServiceAccount identity");
-        let args = extra_args(plane);
-        let operator = start_operator(&identity.kubeconfig, "operator", &args);
-        Harness {
+        Installed {
             plane,
             operator_kubeconfig: identity.kubeconfig,
+        }
+    })
+}
+
+impl Installed {
+    /// Applies YAML with the real kubectl as admin.
+    pub fn kubectl_apply(&self, yaml: &str) {
+        static APPLIED: AtomicUsize = AtomicUsize::new(0);
+        let file = std::env::temp_dir().join(format!(
+            "replika-test-{}-{}.yaml",
+            std::process::id(),
+            APPLIED.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&file, yaml).expect("writing a manifest");
+        let output = run(self.plane.kubectl().arg("apply").arg("-f").arg(&file));
+        assert!(
+            output.status_ok,
+            "kubectl apply failed: {}\n{yaml}",
+            output.stderr
+        );
+    }
+}
+
+/// The harness with an operator that only reconciles (no webhook), set up on first use.
+pub fn harness() -> &'static Harness {
+    harness_with(|_| Vec::new())
+}
+
+/// The harness, set up on first use; `extra_args` prepares the plane and returns
+/// more arguments for `replika run`. Only the first call's setup runs.
+pub fn harness_with(extra_args: impl FnOnce(&ControlPlane) -> Vec<String>) -> &'static Harness {
+    HARNESS.get_or_init(|| {
+        let installed = installed();
+        let args = extra_args(installed.plane);
+        let operator = start_operator(&installed.operator_kubeconfig, "operator", &args);
+        Harness {
+            plane: installed.plane,
+            operator_kubeconfig: installed.operator_kubeconfig.clone(),
             operator,
         }
     })
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; tests bind it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
+/// `GET http://127.0.0.1:{port}{path}`: the status code and body, or `None`
+/// when nothing answers.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 fn install_deploy_base(plane: &ControlPlane) {
@@ -127,7 +191,34 @@ pub fn start_operator(
     }
 }
 
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        // Already gone is fine: the goal is that it no longer runs.
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
 impl OperatorProcess {
+    /// Sends `signal` (e.g. `KILL`, `TERM`) to the operator.
+    pub fn signal(&self, signal: &str) {
+        let sent = run(Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.process.id().to_string()));
+        assert!(sent.status_ok, "kill -{signal} failed: {}", sent.stderr);
+    }
+
+    /// Waits for the operator to exit, and returns its exit code (`None` when a signal ended it).
+    pub async fn wait_for_exit(&mut self, deadline: Duration) -> Option<i32> {
+        let process = &mut self.process;
+        wait_for("the operator to exit", deadline, || {
+            let exited = process.try_wait().expect("polling the operator process");
+            async move { exited }
+        })
+        .await
+        .code()
+    }
+
     /// The operator's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -163,19 +254,7 @@ impl Harness {
 
     /// Applies YAML with the real kubectl as admin.
     pub fn kubectl_apply(&self, yaml: &str) {
-        static APPLIED: AtomicUsize = AtomicUsize::new(0);
-        let file = std::env::temp_dir().join(format!(
-            "replika-test-{}-{}.yaml",
-            std::process::id(),
-            APPLIED.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&file, yaml).expect("writing a manifest");
-        let output = run(self.plane.kubectl().arg("apply").arg("-f").arg(&file));
-        assert!(
-            output.status_ok,
-            "kubectl apply failed: {}\n{yaml}",
-            output.stderr
-        );
+        installed().kubectl_apply(yaml);
     }
 }
 

@@ -1,0 +1,286 @@
+//! Operating the operator: `/readyz`, `/metrics`, and leader election between
+//! several processes, against the real control plane with the `deploy/` RBAC.
+//! No operator runs in this binary except the ones each test starts.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use replika::api::Replika;
+use serde_json::json;
+use support::*;
+use testenv::wait_for;
+
+/// The tests of this binary each run their own operators, which would all
+/// reconcile every Replika: one test at a time.
+static ONE_TEST_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long a leader that stopped renewing keeps the Lease in these tests.
+const LEASE: Duration = Duration::from_secs(4);
+
+/// A Replika copying the ConfigMap `source` to `targets`, as admin.
+async fn create_replika(client: &Client, namespace: &str, source: &str, targets: &[&str]) {
+    let replika: Replika = serde_json::from_value(json!({
+        "apiVersion": "replika.prosimcorp.com/v1beta1",
+        "kind": "Replika",
+        "metadata": {"name": source, "namespace": namespace},
+        "spec": {
+            "synchronization": {"time": "30s"},
+            "source": {"group": "", "version": "v1", "kind": "ConfigMap", "name": source, "namespace": namespace},
+            "target": {"namespaces": {"matchAll": false, "replicateIn": targets}},
+        },
+    }))
+    .expect("a Replika");
+    Api::<Replika>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &replika)
+        .await
+        .expect("the Replika is created");
+}
+
+async fn set_source_data(client: &Client, namespace: &str, name: &str, value: &str) {
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), namespace)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"key": value}})),
+        )
+        .await
+        .expect("the source is updated");
+}
+
+/// The value of the series `name` (with its labels, as exported) on the
+/// operator's `/metrics`; 0 when the series is not exported yet.
+async fn metric(port: u16, series: &str) -> f64 {
+    let (status, body) = http_get(port, "/metrics")
+        .await
+        .expect("the operations endpoint answers");
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| {
+            value.trim().parse().expect("a numeric sample value")
+        })
+}
+
+/// Waits until `GET path` answers with `status`, and returns the body.
+async fn wait_for_status(port: u16, path: &str, status: u16) -> String {
+    wait_for(
+        &format!("GET {path} to answer {status}"),
+        DEADLINE * 2,
+        || async {
+            let (got, body) = http_get(port, path).await?;
+            (got == status).then_some(body)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn readyz_waits_for_the_caches_and_metrics_follow_replication() {
+    let _alone = ONE_TEST_AT_A_TIME.lock().await;
+    let installed = installed();
+    let admin = installed.plane.admin_client().await;
+    // An operator identity with no rights yet: its caches cannot fill.
+    let account = "replika-late-rights";
+    let identity = installed.plane.service_account("replika", account).await;
+    let port = free_port();
+    let args = ["--metrics-bind".to_string(), format!("127.0.0.1:{port}")];
+    let operator = start_operator(&identity.kubeconfig, "late-rights", &args);
+
+    wait_for_status(port, "/healthz", 200).await;
+    let body = wait_for_status(port, "/readyz", 503).await;
+    assert!(
+        body.contains("engine caches not synced"),
+        "/readyz names what is missing: {body}\n{}",
+        operator.log_tail()
+    );
+
+    // The deploy ClusterRole arrives: the watches recover and readiness follows.
+    installed.kubectl_apply(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {account}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: replika-manager
+subjects:
+  - kind: ServiceAccount
+    name: {account}
+    namespace: replika
+"#
+    ));
+    wait_for_status(port, "/readyz", 200).await;
+
+    let source_ns = namespace(&admin, "metrics-src").await;
+    let targets = [
+        namespace(&admin, "metrics-a").await,
+        namespace(&admin, "metrics-b").await,
+    ];
+    let created_before = metric(port, "replika_copy_writes_total{operation=\"create\"}").await;
+    create_configmap(&admin, &source_ns, "settings", &[("key", "one")]).await;
+    create_replika(&admin, &source_ns, "settings", &[&targets[0], &targets[1]]).await;
+    for target in &targets {
+        wait_for_copy(&admin, target, "settings", &[("key", "one")]).await;
+    }
+    let created = metric(port, "replika_copy_writes_total{operation=\"create\"}").await;
+    assert!(
+        created >= created_before + 2.0,
+        "two creates counted: {created_before} → {created}"
+    );
+    wait_for(
+        "replika_copies_managed to count both copies",
+        DEADLINE,
+        || async { (metric(port, "replika_copies_managed").await >= 2.0).then_some(()) },
+    )
+    .await;
+    assert!(metric(port, "replika_reconciles_total{result=\"success\"}").await >= 1.0);
+
+    let propagated_before = metric(port, "replika_propagation_seconds_count").await;
+    set_source_data(&admin, &source_ns, "settings", "two").await;
+    for target in &targets {
+        wait_for_copy(&admin, target, "settings", &[("key", "two")]).await;
+    }
+    let propagated = metric(port, "replika_propagation_seconds_count").await;
+    assert!(
+        propagated >= propagated_before + 2.0,
+        "both copies' propagation observed: {propagated_before} → {propagated}"
+    );
+    assert!(metric(port, "replika_copy_writes_total{operation=\"update\"}").await >= 2.0);
+}
+
+/// One leader-elected operator process with its own operations port.
+struct Replica {
+    identity: String,
+    port: u16,
+    process: OperatorProcess,
+}
+
+fn start_replica(kubeconfig: &std::path::Path, identity: &str) -> Replica {
+    let port = free_port();
+    let args = [
+        "--leader-election".to_string(),
+        "--lease-namespace=replika".to_string(),
+        format!("--lease-duration={}s", LEASE.as_secs()),
+        format!("--identity={identity}"),
+        format!("--metrics-bind=127.0.0.1:{port}"),
+    ];
+    Replica {
+        identity: identity.to_string(),
+        port,
+        process: start_operator(kubeconfig, identity, &args),
+    }
+}
+
+async fn lease_holder(client: &Client, lease: &str) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), "replika")
+        .get_opt(lease)
+        .await
+        .expect("reading the Lease")?
+        .spec?
+        .holder_identity
+        .filter(|holder| !holder.is_empty())
+}
+
+async fn wait_for_leader(client: &Client, lease: &str, replica: &Replica, deadline: Duration) {
+    wait_for(
+        &format!("{} to hold the Lease and reconcile", replica.identity),
+        deadline,
+        || async {
+            let holder = lease_holder(client, lease).await?;
+            let leading = metric(replica.port, "replika_leader").await == 1.0;
+            (holder == replica.identity && leading).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn copy_writes(port: u16) -> f64 {
+    let mut total = 0.0;
+    for operation in ["create", "update", "replace", "delete"] {
+        total += metric(
+            port,
+            &format!("replika_copy_writes_total{{operation=\"{operation}\"}}"),
+        )
+        .await;
+    }
+    total
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_and_a_follower_takes_over() {
+    let _alone = ONE_TEST_AT_A_TIME.lock().await;
+    let installed = installed();
+    let admin = installed.plane.admin_client().await;
+    let kubeconfig = &installed.operator_kubeconfig;
+    // The deploy RBAC allows this Lease name only.
+    let lease = "replika-leader";
+
+    let mut first = start_replica(kubeconfig, "replika-first");
+    wait_for_leader(&admin, lease, &first, DEADLINE).await;
+    let mut second = start_replica(kubeconfig, "replika-second");
+    // A follower is ready (it serves webhooks) but does not reconcile.
+    wait_for_status(second.port, "/readyz", 200).await;
+    assert_eq!(metric(second.port, "replika_leader").await, 0.0);
+
+    let source_ns = namespace(&admin, "ha-src").await;
+    let targets = [
+        namespace(&admin, "ha-a").await,
+        namespace(&admin, "ha-b").await,
+    ];
+    create_configmap(&admin, &source_ns, "shared", &[("key", "one")]).await;
+    create_replika(&admin, &source_ns, "shared", &[&targets[0], &targets[1]]).await;
+    for target in &targets {
+        wait_for_copy(&admin, target, "shared", &[("key", "one")]).await;
+    }
+    assert!(
+        copy_writes(first.port).await >= 2.0,
+        "the leader wrote the copies"
+    );
+    assert_eq!(
+        copy_writes(second.port).await,
+        0.0,
+        "the follower wrote nothing\n{}",
+        second.process.log_tail()
+    );
+
+    // The leader dies without releasing the Lease: the follower takes over once it expires.
+    first.process.signal("KILL");
+    let killed = Instant::now();
+    wait_for_leader(&admin, lease, &second, LEASE * 3 + DEADLINE).await;
+    let handover = killed.elapsed();
+    println!("handover after SIGKILL took {handover:?} (lease {LEASE:?})");
+    assert!(
+        first.process.wait_for_exit(DEADLINE).await.is_none(),
+        "SIGKILL ended the first replica"
+    );
+
+    set_source_data(&admin, &source_ns, "shared", "two").await;
+    for target in &targets {
+        wait_for_copy(&admin, target, "shared", &[("key", "two")]).await;
+    }
+    assert!(
+        copy_writes(second.port).await >= 2.0,
+        "the new leader updated the copies\n{}",
+        second.process.log_tail()
+    );
+
+    // SIGTERM: the leader finishes, releases the Lease and exits cleanly.
+    second.process.signal("TERM");
+    assert_eq!(
+        second.process.wait_for_exit(DEADLINE).await,
+        Some(0),
+        "a clean exit on SIGTERM\n{}",
+        second.process.log_tail()
+    );
+    assert_eq!(
+        lease_holder(&admin, lease).await,
+        None,
+        "the Lease was released on SIGTERM"
+    );
+}

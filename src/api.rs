@@ -23,6 +23,10 @@ pub const ANNOTATION_OWNER: &str = "replika.prosimcorp.com/owner";
 pub const ANNOTATION_OWNER_UID: &str = "replika.prosimcorp.com/owner-uid";
 /// Annotation holding a digest of the content written into the copy.
 pub const ANNOTATION_CONTENT_HASH: &str = "replika.prosimcorp.com/content-hash";
+/// Annotation on a Replika: the user who last admitted it, as JSON (set by the webhook).
+pub const ANNOTATION_AUTHOR: &str = "replika.prosimcorp.com/author";
+/// Annotation on a Replika: the operator's signature over its author and scope.
+pub const ANNOTATION_AUTHOR_SIGNATURE: &str = "replika.prosimcorp.com/author-signature";
 /// Finalizer that lets `policy.onReplikaDeleted` act before the Replika goes.
 pub const FINALIZER: &str = "replika.prosimcorp.com/cleanup";
 

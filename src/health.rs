@@ -38,12 +38,17 @@ pub struct Readiness {
     pub webhook: Flag,
     /// The engine's caches are synced, or this process is not the leader (true when no engine runs).
     pub engine: Flag,
+    /// The key that signs and verifies Replika authors is loaded.
+    pub signing_key: Flag,
     pub shutting_down: Flag,
 }
 
 impl Readiness {
     pub fn is_ready(&self) -> bool {
-        self.webhook.get() && self.engine.get() && !self.shutting_down.get()
+        self.webhook.get()
+            && self.engine.get()
+            && self.signing_key.get()
+            && !self.shutting_down.get()
     }
 
     /// What is missing, for the `/readyz` body.
@@ -54,6 +59,9 @@ impl Readiness {
         }
         if !self.engine.get() {
             missing.push("engine caches not synced");
+        }
+        if !self.signing_key.get() {
+            missing.push("signing key not loaded");
         }
         if self.shutting_down.get() {
             missing.push("shutting down");

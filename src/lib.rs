@@ -3,8 +3,12 @@
 //! - [`api`]: the `Replika` custom resource.
 //! - [`domain`]: pure rules (target namespaces, copies, validation) with no Kubernetes I/O.
 //! - [`controller`]: the reconciler and the watches that drive it.
+//! - [`webhook`]: the admission webhooks and their HTTPS server.
+//! - [`authorization`]: the signing key, author attestations and access reviews both use.
+//! - [`leader`], [`health`], [`metrics`]: running several replicas, probes, Prometheus.
 
 pub mod api;
+pub mod authorization;
 pub mod controller;
 pub mod domain;
 pub mod health;

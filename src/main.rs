@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::{Client, CustomResourceExt};
 use replika::api::Replika;
+use replika::authorization::Authorizer;
 use replika::controller::{self, Telemetry};
 use replika::domain::duration::parse_go_duration;
 use replika::health::{self, Readiness};
@@ -77,6 +78,9 @@ struct RunArgs {
     /// Self-managed certificates: the webhook configurations whose caBundle is kept current.
     #[arg(long, env = "REPLIKA_WEBHOOK_CONFIGURATION", default_value = "replika")]
     webhook_configuration: String,
+    /// The Secret (namespace/name) holding the key that signs Replika authors; created when absent.
+    #[arg(long, env = "REPLIKA_SIGNING_KEY_SECRET", value_parser = parse_namespaced, default_value = "replika/replika-signing-key")]
+    signing_key_secret: (String, String),
     /// Serve /metrics, /healthz and /readyz over plain HTTP on this address (e.g. 0.0.0.0:8080); off when absent.
     #[arg(long, env = "REPLIKA_METRICS_BIND")]
     metrics_bind: Option<SocketAddr>,
@@ -207,6 +211,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         })
     });
+    let Some(authorizer) = load_authorizer(&client, &args.signing_key_secret, stopped()).await
+    else {
+        return Ok(());
+    };
+    readiness.signing_key.set(true);
     {
         // Out of the Service's endpoints as soon as shutdown starts.
         let (readiness, stopped) = (readiness.clone(), stopped());
@@ -215,7 +224,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             readiness.shutting_down.set(true);
         });
     }
-    let webhook = match webhook_options(&args, &client)? {
+    let webhook = match webhook_options(&args, &client, &authorizer)? {
         Some(options) => {
             let (client, metrics, readiness) = (client.clone(), metrics.clone(), readiness.clone());
             let stopped = stopped();
@@ -250,13 +259,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let (client, settings) = (client.clone(), settings.clone());
         leader::run_while_leading(client.clone(), lease, stop_watch, on_leadership, |until| {
-            controller::run(client.clone(), settings.clone(), telemetry(), until)
+            controller::run(
+                client.clone(),
+                settings.clone(),
+                authorizer.clone(),
+                telemetry(),
+                until,
+            )
         })
         .await
         .context("leader election failed")?;
     } else if args.reconcile {
         metrics.leader.set(1);
-        controller::run(client, settings, telemetry(), stopped()).await;
+        controller::run(client, settings, authorizer, telemetry(), stopped()).await;
     }
     if let Some(webhook) = webhook {
         let _ = webhook.await;
@@ -267,6 +282,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Loads the signing key, retrying (unready meanwhile) until it works or the
+/// process is asked to stop: missing RBAC is fixed without a restart.
+async fn load_authorizer(
+    client: &Client,
+    (namespace, name): &(String, String),
+    stopped: impl Future<Output = ()>,
+) -> Option<Arc<Authorizer>> {
+    let mut retry = Duration::from_secs(1);
+    let load = async {
+        loop {
+            match Authorizer::load(client.clone(), namespace, name).await {
+                Ok(authorizer) => return Arc::new(authorizer),
+                Err(error) => {
+                    error!(error = %anyhow::Error::from(error), retry_in = ?retry, "Replika authors cannot be signed or verified yet");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    };
+    tokio::select! {
+        authorizer = load => Some(authorizer),
+        () = stopped => None,
+    }
+}
+
 /// The host name and process id: unique enough for a process outside a pod.
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -275,7 +316,11 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-fn webhook_options(args: &RunArgs, client: &Client) -> anyhow::Result<Option<webhook::Options>> {
+fn webhook_options(
+    args: &RunArgs,
+    client: &Client,
+    authorizer: &Arc<Authorizer>,
+) -> anyhow::Result<Option<webhook::Options>> {
     let Some(bind) = args.webhook_bind else {
         return Ok(None);
     };
@@ -294,6 +339,7 @@ fn webhook_options(args: &RunArgs, client: &Client) -> anyhow::Result<Option<web
         bind,
         certificates,
         limits: Default::default(),
+        authorizer: authorizer.clone(),
     }))
 }
 

@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::core::ObjectMeta;
 use serde_json::Value;
 use support::*;
-use testenv::{CommandOutput, ControlPlane, run, wait_for};
+use testenv::{CommandOutput, run, wait_for};
 
 /// The webhook served by this binary's operator.
 struct Webhook {
@@ -27,69 +26,12 @@ struct Webhook {
 
 static WEBHOOK: OnceLock<Webhook> = OnceLock::new();
 
-fn replika_certs(out: &Path) {
-    let made = run(Command::new(env!("CARGO_BIN_EXE_replika"))
-        .arg("certs")
-        .arg("--out")
-        .arg(out)
-        .args(["--host", "127.0.0.1"]));
-    assert!(made.status_ok, "replika certs failed: {}", made.stderr);
-}
-
 /// Points `dir/..data` at `version`, the way the kubelet updates a mounted Secret.
 fn switch_cert_version(dir: &Path, version: &str) {
     let staged = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&staged);
     std::os::unix::fs::symlink(version, &staged).expect("staging the ..data link");
     std::fs::rename(&staged, dir.join("..data")).expect("swapping ..data");
-}
-
-fn base64_of(bytes: Vec<u8>) -> String {
-    serde_json::to_value(ByteString(bytes))
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .expect("base64")
-}
-
-/// Applies the url-based webhook configurations of `webhook-config/local`, limited
-/// to namespace `only_in` when given.
-fn register_webhooks(
-    plane: &ControlPlane,
-    name: &str,
-    url: &str,
-    ca_bundle_pem: Vec<u8>,
-    only_in: Option<&str>,
-) {
-    let template = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/webhook-config/local/webhooks.yaml.tmpl"
-    ))
-    .expect("the local webhook template");
-    let manifest = template
-        .replace("${WEBHOOK_NAME}", name)
-        .replace("${WEBHOOK_URL}", url)
-        .replace("${CA_BUNDLE}", &base64_of(ca_bundle_pem));
-    let manifest = match only_in {
-        Some(namespace) => manifest.replace(
-            "    failurePolicy: Fail\n",
-            &format!("    failurePolicy: Fail\n    namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {namespace}}}}}\n"),
-        ),
-        None => manifest,
-    };
-    let file = std::env::temp_dir().join(format!(
-        "replika-webhooks-{name}-{}.yaml",
-        std::process::id()
-    ));
-    std::fs::write(&file, manifest).expect("writing the webhook configuration");
-    let applied = run(plane
-        .kubectl()
-        .args(["apply", "--server-side", "-f"])
-        .arg(&file));
-    assert!(
-        applied.status_ok,
-        "registering the webhooks failed: {}",
-        applied.stderr
-    );
 }
 
 /// The harness, with the operator serving the webhook from a kubelet-style cert directory.

@@ -81,6 +81,7 @@ async fn wait_for_status(port: u16, path: &str, status: u16) -> String {
 #[tokio::test]
 async fn readyz_waits_for_the_caches_and_metrics_follow_replication() {
     let _alone = ONE_TEST_AT_A_TIME.lock().await;
+    admission();
     let installed = installed();
     let admin = installed.plane.admin_client().await;
     // An operator identity with no rights yet: its caches cannot fill.
@@ -93,12 +94,12 @@ async fn readyz_waits_for_the_caches_and_metrics_follow_replication() {
     wait_for_status(port, "/healthz", 200).await;
     let body = wait_for_status(port, "/readyz", 503).await;
     assert!(
-        body.contains("engine caches not synced"),
+        body.contains("signing key not loaded"),
         "/readyz names what is missing: {body}\n{}",
         operator.log_tail()
     );
 
-    // The deploy ClusterRole arrives: the watches recover and readiness follows.
+    // The deploy ClusterRole and signing-key Role arrive: the watches recover and readiness follows.
     installed.kubectl_apply(&format!(
         r#"
 apiVersion: rbac.authorization.k8s.io/v1
@@ -109,6 +110,20 @@ roleRef:
   apiGroup: rbac.authorization.k8s.io
   kind: ClusterRole
   name: replika-manager
+subjects:
+  - kind: ServiceAccount
+    name: {account}
+    namespace: replika
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: {account}
+  namespace: replika
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: replika-signing-key
 subjects:
   - kind: ServiceAccount
     name: {account}
@@ -215,6 +230,7 @@ async fn copy_writes(port: u16) -> f64 {
 #[tokio::test]
 async fn only_the_leader_writes_and_a_follower_takes_over() {
     let _alone = ONE_TEST_AT_A_TIME.lock().await;
+    admission();
     let installed = installed();
     let admin = installed.plane.admin_client().await;
     let kubeconfig = &installed.operator_kubeconfig;

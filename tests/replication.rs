@@ -713,7 +713,7 @@ subjects:
 async fn a_spec_that_slips_past_admission_gets_an_invalid_condition() {
     let h = harness();
     let client = h.admin().await;
-    let src = namespace(&client, "bad-src").await;
+    let src = namespace_without_admission(&client, "bad-src").await;
     h.kubectl_apply(&format!(
         r#"
 apiVersion: replika.prosimcorp.com/v1beta1
@@ -738,15 +738,133 @@ spec:
     );
 
     // The operator is still healthy: a good Replika next to it works.
-    let target = namespace(&client, "bad-target").await;
-    create_configmap(&client, &src, "fine", &[("ok", "yes")]).await;
+    let (good_src, target) = (
+        namespace(&client, "good-src").await,
+        namespace(&client, "bad-target").await,
+    );
+    create_configmap(&client, &good_src, "fine", &[("ok", "yes")]).await;
     h.kubectl_apply(&replika_yaml(
         "fine",
-        &src,
+        &good_src,
         "ConfigMap",
         "fine",
         &list_targets(&[&target]),
         "{}",
     ));
     wait_for_copy(&client, &target, "fine", &[("ok", "yes")]).await;
+}
+
+#[tokio::test]
+async fn a_replika_that_bypassed_admission_copies_nothing() {
+    let h = harness();
+    let client = h.admin().await;
+    let (src, target) = (
+        namespace_without_admission(&client, "unsigned-src").await,
+        namespace(&client, "unsigned-target").await,
+    );
+    create_configmap(&client, &src, "settings", &[("k", "v")]).await;
+    // Stored without the webhook, so without a signed author; a forged one is no better.
+    let forged = replika_yaml("settings", &src, "ConfigMap", "settings", &list_targets(&[&target]), "{}")
+        .replace(
+            &format!("  namespace: {src}\n"),
+            &format!("  namespace: {src}\n  annotations:\n    replika.prosimcorp.com/author: '{{\"username\":\"system:admin\"}}'\n    replika.prosimcorp.com/author-signature: v1:00\n"),
+        );
+    h.kubectl_apply(&forged);
+    let replika = wait_for_condition(
+        &client,
+        &src,
+        "settings",
+        "Ready",
+        "False",
+        "AuthorUnverified",
+    )
+    .await;
+    let message = &replika.status.expect("status").conditions[0].message;
+    assert!(
+        message.contains("was changed without Replika's webhook"),
+        "{message}"
+    );
+    assert!(get_configmap(&client, &target, "settings").await.is_none());
+}
+
+#[tokio::test]
+async fn a_replika_stops_when_its_author_loses_the_rights() {
+    let h = harness();
+    let client = h.admin().await;
+    let (src, target) = (
+        namespace(&client, "revoked-src").await,
+        namespace(&client, "revoked-target").await,
+    );
+    create_configmap(&client, &src, "settings", &[("k", "one")]).await;
+    // Carol may read the source and write ConfigMaps in the target, and create Replikas.
+    let grant = |namespace: &str, verbs: &str| {
+        format!(
+            r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: carol, namespace: {namespace}}}
+rules:
+  - {{apiGroups: [""], resources: [configmaps], verbs: [{verbs}]}}
+  - {{apiGroups: [replika.prosimcorp.com], resources: [replikas], verbs: [get, create, patch]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: carol, namespace: {namespace}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: carol}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: carol}}]
+"#
+        )
+    };
+    h.kubectl_apply(&grant(&src, "get"));
+    h.kubectl_apply(&grant(&target, "create, update, delete"));
+    let carol = h.plane.user("carol", &[]).await;
+    let manifest = std::env::temp_dir().join(format!("replika-carol-{}.yaml", std::process::id()));
+    std::fs::write(
+        &manifest,
+        replika_yaml(
+            "settings",
+            &src,
+            "ConfigMap",
+            "settings",
+            &list_targets(&[&target]),
+            "{}",
+        ),
+    )
+    .expect("writing the manifest");
+    let applied = run(carol.kubectl().args(["apply", "-f"]).arg(&manifest));
+    assert!(
+        applied.status_ok,
+        "carol may create the Replika: {}",
+        applied.stderr
+    );
+    wait_for_copy(&client, &target, "settings", &[("k", "one")]).await;
+
+    // Carol may no longer read the source: the next sync copies nothing more.
+    h.kubectl_apply(&grant(&src, "list"));
+    Api::<ConfigMap>::namespaced(client.clone(), &src)
+        .patch(
+            "settings",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"k": "two"}})),
+        )
+        .await
+        .expect("updating the source");
+    let replika = wait_for_condition(
+        &client,
+        &src,
+        "settings",
+        "Ready",
+        "False",
+        "AuthorNotAuthorized",
+    )
+    .await;
+    let message = &replika.status.expect("status").conditions[0].message;
+    assert!(
+        message.contains("carol may not get configmaps \"settings\""),
+        "{message}"
+    );
+    let copy = get_configmap(&client, &target, "settings")
+        .await
+        .expect("the copy is kept");
+    assert_eq!(data_of(&copy), [("k".to_string(), "one".to_string())]);
 }

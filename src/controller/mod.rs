@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::api::Replika;
+use crate::authorization::Authorizer;
 use crate::health::Readiness;
 use crate::metrics::{Metrics, ReconcileLabels};
 pub use error::Error;
@@ -65,6 +66,8 @@ pub struct Context {
     pub written: copies::WrittenVersions,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
+    /// Verifies each Replika's author and reviews their access before any write.
+    pub authorizer: Arc<Authorizer>,
     /// Copies in sync per Replika UID, summed into the `copies_managed` gauge.
     pub synced_copies: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -112,6 +115,7 @@ pub struct Telemetry {
 pub async fn run(
     client: Client,
     settings: Settings,
+    authorizer: Arc<Authorizer>,
     telemetry: Telemetry,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -137,6 +141,7 @@ pub async fn run(
         written: copies::WrittenVersions::default(),
         settings: settings.clone(),
         metrics: telemetry.metrics.clone(),
+        authorizer,
         synced_copies: Default::default(),
     });
     info!("replication engine started");

@@ -20,6 +20,7 @@ use super::status::{Blocked, PassResult, next_status, publish};
 use super::watches::{CopyCacheKey, CopyMeta, WatchView};
 use super::{Context, Error};
 use crate::api::{ConflictPolicy, FINALIZER, Replika, ReplikaDeletedPolicy, SourceDeletedPolicy};
+use crate::domain::access::author_checks;
 use crate::domain::copy::{CopyTemplate, ExtraMetadata, Owner, Ownership, ownership};
 use crate::domain::targets::NamespaceView;
 use crate::domain::validation::{ReplikaPlan, validate};
@@ -92,6 +93,11 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         }
         CacheState::Syncing => return Ok(Action::requeue(RETRY_BLOCKED)),
     };
+    if let Some(blocked) = unauthorized(replika, &plan, &caches.kind, ctx).await {
+        report(ctx, replika, PassResult::Blocked(blocked)).await?;
+        // Rights granted later are picked up at the next resync.
+        return Ok(Action::requeue(plan.resync));
+    }
     let owner = owner_of(replika);
     let writer = ctx.copy_writer(&caches.kind.resource, &owner.uid);
     let source_key = ObjectRef::new_with(&plan.source.name, caches.kind.resource.clone())
@@ -189,6 +195,41 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// Resolves the kind and opens the watches, or says what blocks replication.
+/// Fails closed: why this pass must not write, unless the Replika carries a
+/// valid attestation of its author and that author may (still) read the source
+/// and write the kind wherever copies go.
+async fn unauthorized(
+    replika: &Replika,
+    plan: &ReplikaPlan,
+    kind: &ServedKind,
+    ctx: &Context,
+) -> Option<Blocked> {
+    let author = match ctx.authorizer.author_of(replika, plan) {
+        Ok(author) => author,
+        Err(problem) => {
+            return Some(Blocked::AuthorUnverified(format!(
+                "nothing is replicated because {problem}; apply it again through the API server with Replika's webhooks installed"
+            )));
+        }
+    };
+    let checks = author_checks(plan, &kind.resource.group, &kind.resource.plural);
+    match ctx.authorizer.denied_to(&author, &checks).await {
+        Ok(denied) if denied.is_empty() => None,
+        Ok(denied) => {
+            let missing: Vec<String> = denied.iter().map(ToString::to_string).collect();
+            Some(Blocked::AuthorNotAuthorized(format!(
+                "nothing is replicated because its author {} may not {}",
+                author.username,
+                missing.join(", ")
+            )))
+        }
+        Err(error) => Some(Blocked::AuthorNotAuthorized(format!(
+            "nothing is replicated because the access of its author {} could not be checked: {error}",
+            author.username
+        ))),
+    }
+}
+
 async fn open_caches(
     replika: &Replika,
     plan: &ReplikaPlan,

@@ -36,6 +36,10 @@ pub enum Blocked {
         copies_removed: bool,
     },
     SourceNotCopyable(String),
+    /// No valid author attestation: the Replika bypassed admission or was changed past it.
+    AuthorUnverified(String),
+    /// The author may not read the source or write the copies (any more).
+    AuthorNotAuthorized(String),
 }
 
 impl Blocked {
@@ -54,6 +58,8 @@ impl Blocked {
                 },
             ),
             Blocked::SourceNotCopyable(message) => ("SourceNotCopyable", message.clone()),
+            Blocked::AuthorUnverified(message) => ("AuthorUnverified", message.clone()),
+            Blocked::AuthorNotAuthorized(message) => ("AuthorNotAuthorized", message.clone()),
         }
     }
 }

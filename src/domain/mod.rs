@@ -2,6 +2,8 @@
 //! so every rule is unit-tested without an API server. The admission webhook
 //! and the reconciler both call into this module, so they never disagree.
 
+pub mod access;
+pub mod attestation;
 pub mod copy;
 pub mod duration;
 pub mod names;

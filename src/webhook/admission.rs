@@ -13,39 +13,15 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde_json::{Value, json};
 
-use crate::api::{Replika, ReplikaSpec};
+use kube::ResourceExt;
+
+use crate::api::{ANNOTATION_AUTHOR, ANNOTATION_AUTHOR_SIGNATURE, Replika, ReplikaSpec};
+use crate::authorization::{attestation, author};
 use crate::controller::kinds::{KindError, ServedKind, display};
+use crate::domain::access::{Access, author_checks};
+use crate::domain::attestation::Signer;
 use crate::domain::names::is_glob;
 use crate::domain::validation::{ReplikaPlan, validate};
-
-/// One access question: may `verb` be done on `resource` (optionally one `name`)
-/// in `namespace` (`None`: cluster-wide)?
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Access {
-    pub verb: &'static str,
-    pub group: String,
-    pub resource: String,
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-}
-
-impl std::fmt::Display for Access {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let resource = if self.group.is_empty() {
-            self.resource.clone()
-        } else {
-            format!("{}.{}", self.resource, self.group)
-        };
-        write!(f, "{} {resource}", self.verb)?;
-        if let Some(name) = &self.name {
-            write!(f, " {name:?}")?;
-        }
-        match &self.namespace {
-            Some(namespace) => write!(f, " in namespace {namespace:?}"),
-            None => write!(f, " in all namespaces"),
-        }
-    }
-}
 
 /// What validation needs to know about the cluster.
 pub trait ClusterView {
@@ -67,12 +43,14 @@ pub trait ClusterView {
     ) -> impl Future<Output = Result<Vec<Access>, String>> + Send;
     /// Every Replika the cluster has, as last seen.
     fn replikas(&self) -> Vec<Replika>;
+    /// The key authors are signed with.
+    fn signer(&self) -> &Signer;
+    /// Whether `user` is the operator itself (never recorded as an author).
+    fn is_operator(&self, user: &UserInfo) -> bool;
 }
 
 /// The verbs the operator needs on a replicated kind, matching `deploy/` RBAC.
 pub const OPERATOR_VERBS: [&str; 5] = ["list", "watch", "create", "patch", "delete"];
-/// The verbs a Replika's author needs in every target namespace.
-pub const AUTHOR_TARGET_VERBS: [&str; 3] = ["create", "update", "delete"];
 
 /// Decides a Replika CREATE or UPDATE.
 pub async fn validate_request<C: ClusterView>(
@@ -128,8 +106,18 @@ pub async fn validate_request<C: ClusterView>(
     response
 }
 
-/// Fills absent fields of a Replika: `spec.source.namespace` and the policy defaults.
-pub fn mutate_request(request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+/// Fills absent fields of a Replika (`spec.source.namespace`, the policy
+/// defaults) and records its author: the requesting user, signed with `signer`.
+///
+/// The author changes only when someone other than the operator writes the
+/// Replika; an update that leaves the spec alone keeps a valid attestation as
+/// it was (a label added by someone else does not make them the author), and
+/// any attestation the request itself carries is replaced, never trusted.
+pub fn mutate_request(
+    request: &AdmissionRequest<DynamicObject>,
+    signer: &Signer,
+    from_operator: bool,
+) -> AdmissionResponse {
     let response = AdmissionResponse::from(request);
     let Some(object) = &request.object else {
         return response;
@@ -137,11 +125,28 @@ pub fn mutate_request(request: &AdmissionRequest<DynamicObject>) -> AdmissionRes
     let Ok(object) = serde_json::to_value(object) else {
         return response.deny("the object cannot be read as JSON");
     };
+    let mut operations = defaults(&object, request.namespace.as_deref());
+    if !from_operator && matches!(request.operation, Operation::Create | Operation::Update) {
+        operations.extend(attest(request, &object, signer));
+    }
+    if operations.is_empty() {
+        return response;
+    }
+    match serde_json::from_value::<json_patch::Patch>(Value::Array(operations)) {
+        Ok(patch) => response.clone().with_patch(patch).unwrap_or_else(|error| {
+            response.deny(format!("could not encode the defaults: {error}"))
+        }),
+        Err(error) => response.deny(format!("could not build the defaults: {error}")),
+    }
+}
+
+/// Patch operations adding the absent `spec.source.namespace` and policy fields.
+fn defaults(object: &Value, namespace: Option<&str>) -> Vec<Value> {
     let spec = &object["spec"];
     let mut operations = Vec::new();
     if spec["source"].is_object()
         && spec["source"].get("namespace").is_none_or(Value::is_null)
-        && let Some(namespace) = &request.namespace
+        && let Some(namespace) = namespace
     {
         operations.push(json!({"op": "add", "path": "/spec/source/namespace", "value": namespace}));
     }
@@ -165,14 +170,64 @@ pub fn mutate_request(request: &AdmissionRequest<DynamicObject>) -> AdmissionRes
             }
         }
     }
-    if operations.is_empty() {
-        return response;
-    }
-    match serde_json::from_value::<json_patch::Patch>(Value::Array(operations)) {
-        Ok(patch) => response.clone().with_patch(patch).unwrap_or_else(|error| {
-            response.deny(format!("could not encode the defaults: {error}"))
-        }),
-        Err(error) => response.deny(format!("could not build the defaults: {error}")),
+    operations
+}
+
+/// Patch operations setting the author annotations; none for a spec that does
+/// not validate (the validating webhook denies it).
+fn attest(
+    request: &AdmissionRequest<DynamicObject>,
+    object: &Value,
+    signer: &Signer,
+) -> Vec<Value> {
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let Ok(replika) = serde_json::from_value::<Replika>(object.clone()) else {
+        return Vec::new();
+    };
+    let Ok(plan) = validate(&replika.spec, &namespace) else {
+        return Vec::new();
+    };
+    let previous = request
+        .old_object
+        .as_ref()
+        .and_then(|old| parse_replika(Some(old)).ok())
+        .filter(|old| old.spec == replika.spec)
+        .and_then(|old| {
+            let attestation = attestation(old.annotations())?;
+            signer
+                .verify(&namespace, &request.name, &plan, Some(&attestation))
+                .ok()
+                .map(|_| attestation)
+        });
+    let stamp = previous.unwrap_or_else(|| {
+        signer.attest(
+            &namespace,
+            &request.name,
+            &plan,
+            &author(&request.user_info),
+        )
+    });
+    let values = [
+        (ANNOTATION_AUTHOR, stamp.author),
+        (ANNOTATION_AUTHOR_SIGNATURE, stamp.signature),
+    ];
+    if object["metadata"]["annotations"].is_object() {
+        values
+            .into_iter()
+            .map(|(key, value)| {
+                let path = format!(
+                    "/metadata/annotations/{}",
+                    key.replace('~', "~0").replace('/', "~1")
+                );
+                json!({"op": "add", "path": path, "value": value})
+            })
+            .collect()
+    } else {
+        let annotations: serde_json::Map<String, Value> = values
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), json!(value)))
+            .collect();
+        vec![json!({"op": "add", "path": "/metadata/annotations", "value": annotations})]
     }
 }
 
@@ -204,7 +259,7 @@ async fn check_author<C: ClusterView>(
     kind: &ServedKind,
     cluster: &C,
 ) -> Vec<String> {
-    let checks = author_checks(plan, kind);
+    let checks = author_checks(plan, &kind.resource.group, &kind.resource.plural);
     let user = &request.user_info;
     let who = user
         .username
@@ -217,38 +272,6 @@ async fn check_author<C: ClusterView>(
             .collect(),
         Err(error) => vec![format!("could not check the permissions of {who}: {error}")],
     }
-}
-
-/// The permissions a Replika's author must hold, in a stable order.
-pub fn author_checks(plan: &ReplikaPlan, kind: &ServedKind) -> Vec<Access> {
-    let access = |verb, namespace: Option<String>, name: Option<String>| Access {
-        verb,
-        group: kind.resource.group.clone(),
-        resource: kind.resource.plural.clone(),
-        namespace,
-        name,
-    };
-    let mut checks = vec![access(
-        "get",
-        Some(plan.source.namespace.clone()),
-        Some(plan.source.name.clone()),
-    )];
-    let rule = &plan.targets;
-    let cluster_wide =
-        rule.match_all || rule.selector.is_some() || rule.replicate_in.iter().any(|p| is_glob(p));
-    let namespaces: BTreeSet<Option<String>> = if cluster_wide {
-        BTreeSet::from([None])
-    } else if rule.replicate_in.is_empty() {
-        BTreeSet::from([Some(crate::domain::targets::DEFAULT_NAMESPACE.to_string())])
-    } else {
-        rule.replicate_in.iter().cloned().map(Some).collect()
-    };
-    for namespace in namespaces {
-        for verb in AUTHOR_TARGET_VERBS {
-            checks.push(access(verb, namespace.clone(), None));
-        }
-    }
-    checks
 }
 
 async fn check_operator<C: ClusterView>(
@@ -344,12 +367,24 @@ mod tests {
     use super::*;
 
     /// A cluster described by fixtures.
-    #[derive(Default)]
     struct Fixture {
         kinds: HashMap<String, ServedKind>,
         user_may_not: Vec<(&'static str, Option<&'static str>)>,
         operator_may_not: Vec<&'static str>,
         replikas: Vec<Replika>,
+        signer: Signer,
+    }
+
+    impl Default for Fixture {
+        fn default() -> Self {
+            Fixture {
+                kinds: HashMap::new(),
+                user_may_not: Vec::new(),
+                operator_may_not: Vec::new(),
+                replikas: Vec::new(),
+                signer: Signer::new(b"the operator's key"),
+            }
+        }
     }
 
     impl Fixture {
@@ -413,6 +448,15 @@ mod tests {
 
         fn replikas(&self) -> Vec<Replika> {
             self.replikas.clone()
+        }
+
+        fn signer(&self) -> &Signer {
+            &self.signer
+        }
+
+        fn is_operator(&self, user: &UserInfo) -> bool {
+            user.username.as_deref()
+                == Some("system:serviceaccount:replika:replika-controller-manager")
         }
     }
 
@@ -646,6 +690,110 @@ mod tests {
         serde_json::from_slice(response.patch.as_deref().unwrap_or(b"[]")).expect("a JSON patch")
     }
 
+    /// The operations of a patch that touch the spec.
+    fn spec_patch_of(response: &AdmissionResponse) -> Value {
+        let operations = patch_of(response);
+        let spec_operations = operations
+            .as_array()
+            .expect("a JSON patch is a list")
+            .iter()
+            .filter(|op| op["path"].as_str().is_some_and(|p| p.starts_with("/spec")))
+            .cloned()
+            .collect();
+        Value::Array(spec_operations)
+    }
+
+    /// The object as the API server stores it after the mutating webhook's patch.
+    fn mutated(request: &AdmissionRequest<DynamicObject>, fixture: &Fixture) -> Replika {
+        let from_operator = fixture.is_operator(&request.user_info);
+        let response = mutate_request(request, fixture.signer(), from_operator);
+        let mut object = serde_json::to_value(request.object.as_ref().expect("an object"))
+            .expect("the object as JSON");
+        let patch: json_patch::Patch =
+            serde_json::from_value(patch_of(&response)).expect("a valid JSON patch");
+        json_patch::patch(&mut object, &patch).expect("the patch applies");
+        serde_json::from_value(object).expect("a Replika")
+    }
+
+    fn author_of(replika: &Replika, fixture: &Fixture) -> Result<String, String> {
+        let plan = validate(&replika.spec, "platform").expect("a valid spec");
+        fixture
+            .signer
+            .verify(
+                "platform",
+                "creds",
+                &plan,
+                attestation(replika.annotations()).as_ref(),
+            )
+            .map(|author| author.username)
+            .map_err(|problem| problem.to_string())
+    }
+
+    fn as_user(
+        mut request: AdmissionRequest<DynamicObject>,
+        username: &str,
+    ) -> AdmissionRequest<DynamicObject> {
+        request.user_info.username = Some(username.into());
+        request
+    }
+
+    #[test]
+    fn the_requesting_user_is_signed_as_author_and_forgeries_are_replaced() {
+        let fixture = Fixture::standard();
+        let mut object = replika_json("Secret", "20s", json!({"matchAll": true}));
+        assert_eq!(
+            author_of(&mutated(&create(object.clone()), &fixture), &fixture),
+            Ok("alice".into())
+        );
+        // A request claiming another author, with or without other annotations, is re-signed.
+        object["metadata"]["annotations"] = json!({
+            "team": "payments",
+            ANNOTATION_AUTHOR: "{\"username\":\"admin\"}",
+            ANNOTATION_AUTHOR_SIGNATURE: "v1:00",
+        });
+        let stored = mutated(&create(object), &fixture);
+        assert_eq!(author_of(&stored, &fixture), Ok("alice".into()));
+        assert_eq!(stored.annotations()["team"], "payments");
+    }
+
+    #[test]
+    fn the_author_changes_with_the_spec_and_never_to_the_operator() {
+        let fixture = Fixture::standard();
+        let old = mutated(
+            &create(replika_json("Secret", "20s", json!({"matchAll": true}))),
+            &fixture,
+        );
+        let old = serde_json::to_value(&old).expect("JSON");
+
+        // Bob labels it: the spec is unchanged, alice stays the author, even if bob drops the annotations.
+        let mut labelled = old.clone();
+        labelled["metadata"]["labels"] = json!({"team": "payments"});
+        labelled["metadata"]["annotations"] = json!({});
+        let update = as_user(request("UPDATE", labelled, Some(old.clone())), "bob");
+        assert_eq!(
+            author_of(&mutated(&update, &fixture), &fixture),
+            Ok("alice".into())
+        );
+
+        // Bob changes the targets: bob becomes the author (and is reviewed as such).
+        let mut retargeted = old.clone();
+        retargeted["spec"]["target"]["namespaces"] =
+            json!({"matchAll": false, "replicateIn": ["team-b"]});
+        let update = as_user(
+            request("UPDATE", retargeted.clone(), Some(old.clone())),
+            "bob",
+        );
+        assert_eq!(
+            author_of(&mutated(&update, &fixture), &fixture),
+            Ok("bob".into())
+        );
+
+        // The operator's own writes (finalizers) never sign it as the author.
+        let operator = "system:serviceaccount:replika:replika-controller-manager";
+        let update = as_user(request("UPDATE", retargeted, Some(old)), operator);
+        assert!(author_of(&mutated(&update, &fixture), &fixture).is_err());
+    }
+
     #[test]
     fn mutation_fills_absent_fields_only() {
         let mut object = replika_json(
@@ -653,9 +801,14 @@ mod tests {
             "20s",
             json!({"matchAll": true, "excludeFrom": ["b", "a"]}),
         );
-        let response = mutate_request(&create(object.clone()));
+        let fixture = Fixture::standard();
+        let mutate = |object: &Value| {
+            let request = create(object.clone());
+            mutate_request(&request, fixture.signer(), false)
+        };
+        let response = mutate(&object);
         assert_eq!(
-            patch_of(&response),
+            spec_patch_of(&response),
             json!([
                 {"op": "add", "path": "/spec/source/namespace", "value": "platform"},
                 {"op": "add", "path": "/spec/policy", "value": {"conflict": "Refuse", "onSourceDeleted": "Retain", "onReplikaDeleted": "Delete"}}
@@ -663,9 +816,9 @@ mod tests {
         );
         object["spec"]["source"]["namespace"] = json!("other");
         object["spec"]["policy"] = json!({"conflict": "Adopt"});
-        let response = mutate_request(&create(object.clone()));
+        let response = mutate(&object);
         assert_eq!(
-            patch_of(&response),
+            spec_patch_of(&response),
             json!([
                 {"op": "add", "path": "/spec/policy/onSourceDeleted", "value": "Retain"},
                 {"op": "add", "path": "/spec/policy/onReplikaDeleted", "value": "Delete"}
@@ -673,6 +826,6 @@ mod tests {
         );
         object["spec"]["policy"] =
             json!({"conflict": "Adopt", "onSourceDeleted": "Delete", "onReplikaDeleted": "Orphan"});
-        assert_eq!(mutate_request(&create(object)).patch, None);
+        assert_eq!(spec_patch_of(&mutate(&object)), json!([]));
     }
 }

@@ -60,9 +60,10 @@ async fn mutate<C: ClusterView + Send + Sync + 'static>(
     request: Request,
 ) -> Response {
     let started = Instant::now();
-    let answer = read_review(request)
-        .await
-        .map(|review| mutate_request(&review));
+    let answer = read_review(request).await.map(|review| {
+        let from_operator = handlers.cluster.is_operator(&review.user_info);
+        mutate_request(&review, handlers.cluster.signer(), from_operator)
+    });
     respond(&handlers.metrics, Webhook::Mutate, started, answer)
 }
 

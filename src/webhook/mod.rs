@@ -24,6 +24,7 @@ use kube::{Api, Client};
 use tracing::warn;
 
 use crate::api::Replika;
+use crate::authorization::Authorizer;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 
@@ -40,6 +41,8 @@ pub struct Options {
     pub bind: SocketAddr,
     pub certificates: Certificates,
     pub limits: server::Limits,
+    /// Signs the authors of admitted Replikas and reviews their access.
+    pub authorizer: Arc<Authorizer>,
 }
 
 /// Why the webhook server could not start.
@@ -102,7 +105,7 @@ pub async fn run(
             }
         })
     };
-    let cluster = cluster::LiveCluster::new(client, replikas);
+    let cluster = cluster::LiveCluster::new(client, replikas, options.authorizer);
     let listener = tokio::net::TcpListener::bind(options.bind)
         .await
         .map_err(|source| WebhookError::Bind {

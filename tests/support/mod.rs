@@ -87,9 +87,130 @@ impl Installed {
     }
 }
 
-/// The harness with an operator that only reconciles (no webhook), set up on first use.
+/// The harness: the admission webhooks served by their own operator process
+/// (see [`admission`]) and one operator that only reconciles, set up on first use.
 pub fn harness() -> &'static Harness {
+    admission();
     harness_with(|_| Vec::new())
+}
+
+/// An operator process that only serves the admission webhooks (`--reconcile=false`),
+/// registered with the API server, so that every Replika a test creates is
+/// admitted and its author signed, as in a real cluster. Started once per binary.
+pub struct Admission {
+    pub port: u16,
+    process: OperatorProcess,
+}
+
+static ADMISSION: OnceLock<Admission> = OnceLock::new();
+
+/// The webhook-only operator of this test binary, set up on first use.
+pub fn admission() -> &'static Admission {
+    ADMISSION.get_or_init(|| {
+        let installed = installed();
+        let cert_dir =
+            std::env::temp_dir().join(format!("replika-admission-certs-{}", std::process::id()));
+        replika_certs(&cert_dir);
+        let port = free_port();
+        let args = [
+            "--reconcile=false".to_string(),
+            format!("--webhook-bind=127.0.0.1:{port}"),
+            format!("--tls-dir={}", cert_dir.display()),
+        ];
+        let process = start_operator(&installed.operator_kubeconfig, "admission", &args);
+        wait_until_listening(port, &process);
+        let ca = std::fs::read(cert_dir.join("ca.crt")).expect("the CA certificate");
+        register_webhooks(
+            installed.plane,
+            "replika-local",
+            &format!("https://127.0.0.1:{port}"),
+            ca,
+            None,
+        );
+        Admission { port, process }
+    })
+}
+
+impl Admission {
+    /// The end of the webhook process's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
+    }
+}
+
+/// Blocks until something accepts connections on `port`, failing with the
+/// operator's log when that takes too long.
+fn wait_until_listening(port: u16, operator: &OperatorProcess) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on port {port} after {DEADLINE:?}\n{}",
+            operator.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes a CA and a serving certificate for 127.0.0.1 into `out` with `replika certs`.
+pub fn replika_certs(out: &std::path::Path) {
+    let made = run(Command::new(env!("CARGO_BIN_EXE_replika"))
+        .arg("certs")
+        .arg("--out")
+        .arg(out)
+        .args(["--host", "127.0.0.1"]));
+    assert!(made.status_ok, "replika certs failed: {}", made.stderr);
+}
+
+fn base64_of(bytes: Vec<u8>) -> String {
+    serde_json::to_value(k8s_openapi::ByteString(bytes))
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .expect("base64")
+}
+
+/// Applies the url-based webhook configurations of `webhook-config/local`, limited
+/// to namespace `only_in` when given.
+pub fn register_webhooks(
+    plane: &ControlPlane,
+    name: &str,
+    url: &str,
+    ca_bundle_pem: Vec<u8>,
+    only_in: Option<&str>,
+) {
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/webhook-config/local/webhooks.yaml.tmpl"
+    ))
+    .expect("the local webhook template");
+    let manifest = template
+        .replace("${WEBHOOK_NAME}", name)
+        .replace("${WEBHOOK_URL}", url)
+        .replace("${CA_BUNDLE}", &base64_of(ca_bundle_pem));
+    let manifest = match only_in {
+        Some(namespace) => manifest.replace(
+            "    failurePolicy: Fail\n",
+            &format!("    failurePolicy: Fail\n    namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {namespace}}}}}\n"),
+        ),
+        None => manifest.replace(
+            "    failurePolicy: Fail\n",
+            &format!("    failurePolicy: Fail\n    namespaceSelector: {{matchExpressions: [{{key: {NO_ADMISSION_LABEL}, operator: DoesNotExist}}]}}\n"),
+        ),
+    };
+    let file = std::env::temp_dir().join(format!(
+        "replika-webhooks-{name}-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(&file, manifest).expect("writing the webhook configuration");
+    let applied = run(plane
+        .kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(&file));
+    assert!(
+        applied.status_ok,
+        "registering the webhooks failed: {}",
+        applied.stderr
+    );
 }
 
 /// The harness, set up on first use; `extra_args` prepares the plane and returns
@@ -256,6 +377,26 @@ impl Harness {
     pub fn kubectl_apply(&self, yaml: &str) {
         installed().kubectl_apply(yaml);
     }
+}
+
+/// Namespaces with this label are not matched by the webhooks of
+/// [`register_webhooks`]: Replikas there are stored as if admission had been bypassed.
+pub const NO_ADMISSION_LABEL: &str = "replika.test/no-admission";
+
+/// A fresh namespace where Replikas bypass admission (see [`NO_ADMISSION_LABEL`]).
+pub async fn namespace_without_admission(client: &Client, prefix: &str) -> String {
+    let name = namespace(client, prefix).await;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"metadata": {"labels": {NO_ADMISSION_LABEL: "true"}}}),
+            ),
+        )
+        .await
+        .expect("labelling the namespace");
+    name
 }
 
 /// A fresh namespace.

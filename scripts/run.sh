@@ -14,7 +14,8 @@ reachable() { "$kubectl" --request-timeout=5s get --raw /readyz >/dev/null 2>&1;
 local_plane=false
 if { [ -n "${KUBECONFIG:-}" ] || [ -f "$HOME/.kube/config" ]; } && reachable; then
   echo "run.sh: using the cluster of the current kubeconfig ($("$kubectl" config current-context 2>/dev/null))"
-  echo "run.sh: admission webhooks stay off: that cluster's API server cannot call this machine"
+  echo "run.sh: admission webhooks stay off: that cluster's API server cannot call this machine;"
+  echo "run.sh: only Replikas admitted by webhooks installed there (deploy/) carry a signed author and replicate"
 else
   echo "run.sh: no cluster answers in the current kubeconfig; using a local control plane"
   make --no-print-directory control-plane

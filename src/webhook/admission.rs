@@ -109,10 +109,12 @@ pub async fn validate_request<C: ClusterView>(
 /// Fills absent fields of a Replika (`spec.source.namespace`, the policy
 /// defaults) and records its author: the requesting user, signed with `signer`.
 ///
-/// The author changes only when someone other than the operator writes the
-/// Replika; an update that leaves the spec alone keeps a valid attestation as
-/// it was (a label added by someone else does not make them the author), and
-/// any attestation the request itself carries is replaced, never trusted.
+/// Whoever creates the Replika or changes its spec becomes its author. An
+/// update that leaves the spec alone keeps a valid attestation as it was (a
+/// label added by someone else does not make them the author) and signs one
+/// only if there is none and the writer is not the operator itself (whose
+/// finalizer patches must not vouch for a Replika that bypassed admission).
+/// An attestation the request itself carries is never trusted.
 pub fn mutate_request(
     request: &AdmissionRequest<DynamicObject>,
     signer: &Signer,
@@ -126,8 +128,8 @@ pub fn mutate_request(
         return response.deny("the object cannot be read as JSON");
     };
     let mut operations = defaults(&object, request.namespace.as_deref());
-    if !from_operator && matches!(request.operation, Operation::Create | Operation::Update) {
-        operations.extend(attest(request, &object, signer));
+    if matches!(request.operation, Operation::Create | Operation::Update) {
+        operations.extend(attest(request, &object, signer, from_operator));
     }
     if operations.is_empty() {
         return response;
@@ -179,6 +181,7 @@ fn attest(
     request: &AdmissionRequest<DynamicObject>,
     object: &Value,
     signer: &Signer,
+    from_operator: bool,
 ) -> Vec<Value> {
     let namespace = request.namespace.clone().unwrap_or_default();
     let Ok(replika) = serde_json::from_value::<Replika>(object.clone()) else {
@@ -187,26 +190,30 @@ fn attest(
     let Ok(plan) = validate(&replika.spec, &namespace) else {
         return Vec::new();
     };
-    let previous = request
+    let unchanged = request
         .old_object
         .as_ref()
         .and_then(|old| parse_replika(Some(old)).ok())
-        .filter(|old| old.spec == replika.spec)
-        .and_then(|old| {
-            let attestation = attestation(old.annotations())?;
-            signer
-                .verify(&namespace, &request.name, &plan, Some(&attestation))
-                .ok()
-                .map(|_| attestation)
-        });
-    let stamp = previous.unwrap_or_else(|| {
-        signer.attest(
+        .filter(|old| old.spec == replika.spec);
+    let kept = unchanged.as_ref().and_then(|old| {
+        let attestation = attestation(old.annotations())?;
+        signer
+            .verify(&namespace, &request.name, &plan, Some(&attestation))
+            .ok()
+            .map(|_| attestation)
+    });
+    let stamp = match kept {
+        Some(attestation) => attestation,
+        // The operator's own bookkeeping (finalizers) must never vouch for a
+        // Replika that has no author yet.
+        None if unchanged.is_some() && from_operator => return Vec::new(),
+        None => signer.attest(
             &namespace,
             &request.name,
             &plan,
             &author(&request.user_info),
-        )
-    });
+        ),
+    };
     let values = [
         (ANNOTATION_AUTHOR, stamp.author),
         (ANNOTATION_AUTHOR_SIGNATURE, stamp.signature),
@@ -757,7 +764,7 @@ mod tests {
     }
 
     #[test]
-    fn the_author_changes_with_the_spec_and_never_to_the_operator() {
+    fn the_author_changes_with_the_spec_and_the_operator_vouches_for_nothing() {
         let fixture = Fixture::standard();
         let old = mutated(
             &create(replika_json("Secret", "20s", json!({"matchAll": true}))),
@@ -788,9 +795,12 @@ mod tests {
             Ok("bob".into())
         );
 
-        // The operator's own writes (finalizers) never sign it as the author.
+        // The operator's finalizer patch on a Replika that bypassed admission vouches for nothing.
         let operator = "system:serviceaccount:replika:replika-controller-manager";
-        let update = as_user(request("UPDATE", retargeted, Some(old)), operator);
+        let unsigned = replika_json("Secret", "20s", json!({"matchAll": true}));
+        let mut finalized = unsigned.clone();
+        finalized["metadata"]["finalizers"] = json!(["replika.prosimcorp.com/cleanup"]);
+        let update = as_user(request("UPDATE", finalized, Some(unsigned)), operator);
         assert!(author_of(&mutated(&update, &fixture), &fixture).is_err());
     }
 

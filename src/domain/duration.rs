@@ -27,6 +27,9 @@ pub fn parse_go_duration(input: &str) -> Result<Duration, DurationError> {
     }
     if let Some(stripped) = rest.strip_prefix('+') {
         rest = stripped;
+        if rest.is_empty() {
+            return Err(DurationError::Empty);
+        }
     } else if rest.starts_with('-') {
         return Err(DurationError::Negative);
     }
@@ -67,6 +70,10 @@ pub fn parse_go_duration(input: &str) -> Result<Duration, DurationError> {
     Ok(Duration::new(secs, nanos))
 }
 
+/// Fraction digits that count: 10^25 × the largest unit (an hour in
+/// nanoseconds) still fits in u128, and later digits are below a nanosecond.
+const FRACTION_DIGITS: usize = 25;
+
 /// `number` (digits with at most one dot) times `unit_nanos`, truncated to whole nanoseconds.
 fn scaled(number: &str, unit_nanos: u128) -> Result<u128, DurationError> {
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
@@ -75,15 +82,20 @@ fn scaled(number: &str, unit_nanos: u128) -> Result<u128, DurationError> {
     } else {
         whole.parse().map_err(|_| DurationError::Overflow)?
     };
-    let mut result = whole
+    let whole_nanos = whole
         .checked_mul(unit_nanos)
         .ok_or(DurationError::Overflow)?;
-    let mut scale = unit_nanos;
-    for digit in fraction.bytes().take(30) {
-        scale /= 10;
-        result += u128::from(digit - b'0') * scale;
-    }
-    Ok(result)
+    let fraction = &fraction[..fraction.len().min(FRACTION_DIGITS)];
+    let fraction_nanos = if fraction.is_empty() {
+        0
+    } else {
+        // At most 25 ASCII digits: parses, and the product cannot overflow.
+        let numerator: u128 = fraction.parse().map_err(|_| DurationError::Overflow)?;
+        numerator * unit_nanos / 10u128.pow(fraction.len() as u32)
+    };
+    whole_nanos
+        .checked_add(fraction_nanos)
+        .ok_or(DurationError::Overflow)
 }
 
 #[cfg(test)]
@@ -103,6 +115,12 @@ mod tests {
             ("10µs", Duration::from_micros(10)),
             ("+5s", Duration::from_secs(5)),
             ("0", Duration::ZERO),
+            // Exact to the nanosecond, however many fraction digits.
+            (".00000000002m", Duration::from_nanos(1)),
+            (
+                "1.0000000000000000000000000000001h",
+                Duration::from_secs(3600),
+            ),
         ];
         for (input, expected) in cases {
             assert_eq!(parse_go_duration(input), Ok(expected), "{input}");
@@ -112,6 +130,7 @@ mod tests {
     #[test]
     fn rejects_what_go_rejects() {
         assert_eq!(parse_go_duration(""), Err(DurationError::Empty));
+        assert_eq!(parse_go_duration("+"), Err(DurationError::Empty));
         assert_eq!(parse_go_duration("-5s"), Err(DurationError::Negative));
         assert_eq!(
             parse_go_duration("banana"),
@@ -131,6 +150,10 @@ mod tests {
         );
         assert_eq!(
             parse_go_duration("99999999999999999999999h"),
+            Err(DurationError::Overflow)
+        );
+        assert_eq!(
+            parse_go_duration("340282366920938463463374607431768.3ms"),
             Err(DurationError::Overflow)
         );
     }

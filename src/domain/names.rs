@@ -28,13 +28,18 @@ pub fn dns_label_problem(name: &str) -> Option<String> {
     if name.is_empty() || name.len() > 63 {
         return Some("must be 1 to 63 characters".into());
     }
-    if !name
+    label_characters_problem(name)
+}
+
+/// Why `part` does not have the characters of a DNS-1123 label, whatever its length.
+fn label_characters_problem(part: &str) -> Option<String> {
+    if !part
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     {
         return Some("must consist of lowercase letters, digits and '-'".into());
     }
-    if name.starts_with('-') || name.ends_with('-') {
+    if part.is_empty() || part.starts_with('-') || part.ends_with('-') {
         return Some("must start and end with a letter or digit".into());
     }
     None
@@ -45,8 +50,9 @@ pub fn dns_subdomain_problem(name: &str) -> Option<String> {
     if name.is_empty() || name.len() > 253 {
         return Some("must be 1 to 253 characters".into());
     }
+    // Like Kubernetes, only the whole name is limited (253), not each part.
     name.split('.')
-        .find_map(dns_label_problem)
+        .find_map(label_characters_problem)
         .map(|_| "must be lowercase letters, digits, '-' and '.', each part starting and ending with a letter or digit".into())
 }
 

@@ -197,7 +197,7 @@ pub fn validate(spec: &ReplikaSpec, replika_namespace: &str) -> Result<ReplikaPl
         );
         problems.extend(
             label_value_problem(value)
-                .map(|p| format!("spec.target.metadata.labels[{key}]: value {value:?} {p}")),
+                .map(|p| format!("spec.target.metadata.labels[{key:?}]: value {value:?} {p}")),
         );
     }
     for key in extra_annotations.keys() {

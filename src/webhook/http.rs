@@ -34,6 +34,21 @@ pub fn routes<C: ClusterView + Send + Sync + 'static>(cluster: C, metrics: Arc<M
     Router::new()
         .route("/validate", post(validate::<C>))
         .route("/mutate", post(mutate::<C>))
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "admission reviews are sent with POST\n",
+            )
+        })
+        .fallback(|uri: axum::http::Uri| async move {
+            (
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no webhook at {:?}; POST AdmissionReviews to /validate or /mutate\n",
+                    uri.path()
+                ),
+            )
+        })
         .with_state(Arc::new(Handlers { cluster, metrics }))
 }
 

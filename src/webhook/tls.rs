@@ -118,7 +118,8 @@ pub fn watch_dir(
 ) -> Result<notify::RecommendedWatcher, TlsError> {
     let (changed_tx, mut changed_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Reading the files is an event too: reacting to it would reload forever.
+        if event.is_ok_and(|event| !matches!(event.kind, notify::EventKind::Access(_))) {
             let _ = changed_tx.send(());
         }
     })

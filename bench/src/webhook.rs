@@ -1,0 +1,367 @@
+//! The operator's admission webhooks: registered with the API server for the
+//! whole run when the operator serves them (Replika signs the author of every
+//! Replika it admits and replicates no other), and the admission scenario of
+//! SPEC §6 at the end of the run:
+//!
+//! - Added latency: [`CONCURRENCY`] clients apply Replikas through the API
+//!   server (server-side apply with dry run, so admission runs in full but
+//!   nothing is stored and the engine has nothing to do), first with the
+//!   webhooks unregistered, then registered again. The figure is the
+//!   difference of the two p99s.
+//! - Direct throughput: [`CONCURRENCY`] clients POST AdmissionReviews of the
+//!   same Replika straight to the webhook's `/validate`.
+//!
+//! The operator is asked to serve its webhook with certificates for 127.0.0.1
+//! that [`write_certificates`] makes (see [`crate::operator::Endpoints`]); an
+//! operator that does not serve one is run without, and reported as such.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, ensure};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::ByteString;
+use kube::Client;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::accounting;
+use crate::cluster::kubectl;
+use crate::operator::Endpoints;
+use crate::progress::Progress;
+use crate::scenarios::Bench;
+use crate::stats::Summary;
+use crate::workload::{SOURCE_NAMESPACE, Workload, replika_resource};
+
+/// Requests in flight at once, through the API server and directly (SPEC §6).
+pub const CONCURRENCY: usize = 50;
+/// Name of the webhook configurations the scenario registers.
+const CONFIGURATION: &str = "replika-bench";
+/// The webhooks in `webhook-config/local`, as the API server's metrics name them.
+const WEBHOOKS: [&str; 2] = [
+    "validate.replika.prosimcorp.com",
+    "mutate.replika.prosimcorp.com",
+];
+/// The project's url-based webhook configurations.
+const TEMPLATE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../webhook-config/local/webhooks.yaml.tmpl"
+);
+/// Counts the API server's calls to each webhook, by its label `name`.
+const CALLS_METRIC: &str = "apiserver_admission_webhook_admission_duration_seconds_count";
+/// How long the API server may take to start (or stop) calling the webhooks.
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between two checks of whether the configuration is in effect.
+const REGISTRATION_POLL: Duration = Duration::from_millis(200);
+/// How long a starting operator may take to listen on its webhook address.
+const SERVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between two tries to reach the webhook.
+const SERVE_POLL: Duration = Duration::from_millis(100);
+/// Field manager of the dry-run applies.
+const MANAGER: &str = "replika-bench";
+/// Validity of the webhook's certificates: far longer than any run.
+const CERTIFICATE_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What the admission scenario measured.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WebhookFigures {
+    /// Applies through the API server with no webhook registered.
+    pub without_webhook: Summary,
+    /// The same applies with the webhooks registered.
+    pub with_webhook: Summary,
+    /// p99 with the webhooks minus p99 without: the figure with a target.
+    pub added_latency_p99_ms: f64,
+    /// AdmissionReviews sent straight to `/validate`.
+    pub direct: Summary,
+    /// AdmissionReviews answered per second when called directly.
+    pub direct_reviews_per_second: f64,
+}
+
+/// Writes a CA (`ca.crt`) and a serving certificate for 127.0.0.1
+/// (`tls.crt`, `tls.key`) into `dir`.
+pub fn write_certificates(dir: &Path) -> Result<()> {
+    let certs = replika::webhook::tls::generate(&["127.0.0.1".into()], CERTIFICATE_VALIDITY)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (file, pem) in [
+        ("ca.crt", &certs.ca_pem),
+        ("tls.crt", &certs.cert_pem),
+        ("tls.key", &certs.key_pem),
+    ] {
+        let path = dir.join(file);
+        std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Whether the operator answers AdmissionReviews at its webhook address,
+/// given [`SERVE_TIMEOUT`] to start listening; fails if it answers wrongly.
+pub async fn served(endpoints: &Endpoints, workload: &Workload) -> Result<bool> {
+    let client = direct_client(endpoints)?;
+    let review = review(workload)?;
+    let deadline = Instant::now() + SERVE_TIMEOUT;
+    loop {
+        match send_review(&client, &review).await {
+            Ok(()) => return Ok(true),
+            Err(Unanswered::Refused(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(SERVE_POLL).await;
+            }
+            Err(Unanswered::Refused(error)) => {
+                eprintln!(
+                    "  no admission webhook answers at https://{} ({error}): Replikas are \
+                     created without admission, and the admission rows are not measured",
+                    endpoints.webhook
+                );
+                return Ok(false);
+            }
+            Err(Unanswered::Wrong(error)) => return Err(error),
+        }
+    }
+}
+
+/// Registers `webhook-config/local` for the operator's webhook, and waits
+/// until the API server calls both webhooks.
+pub async fn register(bench: &Bench) -> Result<()> {
+    let endpoints = bench.endpoints();
+    let ca = std::fs::read(endpoints.tls_dir.join("ca.crt")).context("cannot read ca.crt")?;
+    let ca_base64 = serde_json::to_value(ByteString(ca))?;
+    let template =
+        std::fs::read_to_string(TEMPLATE).with_context(|| format!("cannot read {TEMPLATE}"))?;
+    let manifest = template
+        .replace("${WEBHOOK_NAME}", CONFIGURATION)
+        .replace("${WEBHOOK_URL}", &format!("https://{}", endpoints.webhook))
+        .replace("${CA_BUNDLE}", ca_base64.as_str().unwrap_or_default());
+    let path = endpoints.tls_dir.join("webhooks.yaml");
+    std::fs::write(&path, manifest).with_context(|| format!("cannot write {}", path.display()))?;
+    let path = path
+        .to_str()
+        .context("the webhook manifest's path is not UTF-8")?;
+    kubectl(bench.cluster.plane, &["apply", "--server-side", "-f", path]).await?;
+    wait_for_calls(bench, true).await
+}
+
+/// Removes the registration, and waits until the API server stops calling.
+pub async fn unregister(bench: &Bench) -> Result<()> {
+    kubectl(
+        bench.cluster.plane,
+        &[
+            "delete",
+            "validatingwebhookconfiguration,mutatingwebhookconfiguration",
+            CONFIGURATION,
+            "--ignore-not-found",
+        ],
+    )
+    .await?;
+    wait_for_calls(bench, false).await
+}
+
+/// Runs the scenario with `requests` applies on each side and `requests`
+/// direct reviews; `None` if the operator serves no webhook. Leaves the
+/// webhooks registered, as they were.
+pub async fn measure(bench: &Bench, requests: usize) -> Result<Option<WebhookFigures>> {
+    if !bench.webhook_served() {
+        return Ok(None);
+    }
+    let requests = requests.max(CONCURRENCY);
+    unregister(bench).await?;
+    let without_webhook = applies("applies without the webhook", bench, requests).await;
+    // Registered again whatever happened: the engine needs it.
+    register(bench).await?;
+    let without_webhook = without_webhook?;
+    let with_webhook = applies("applies with the webhook", bench, requests).await?;
+
+    let direct = direct_client(bench.endpoints())?;
+    let review = review(&bench.workload)?;
+    let mut progress = Progress::new("admission: direct reviews", requests);
+    let started = Instant::now();
+    let latencies = concurrently(requests, &mut progress, |_| async {
+        send_review(&direct, &review)
+            .await
+            .map_err(Unanswered::into_error)
+    })
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish();
+    Ok(Some(WebhookFigures {
+        // Unclamped: noise can make it negative when the webhook costs little.
+        added_latency_p99_ms: ((with_webhook.p99_ms - without_webhook.p99_ms) * 10.0).round()
+            / 10.0,
+        without_webhook,
+        with_webhook,
+        direct: Summary::of(&latencies),
+        direct_reviews_per_second: (requests as f64 / seconds).round(),
+    }))
+}
+
+/// `requests` dry-run applies through the API server, after as many
+/// unmeasured ones to open the connections.
+async fn applies(label: &str, bench: &Bench, requests: usize) -> Result<Summary> {
+    let api = replikas(&bench.cluster.admin);
+    let params = PatchParams::apply(MANAGER).force().dry_run();
+    let apply = |index: usize| {
+        let name = format!("bench-admission-{:02}", index % CONCURRENCY);
+        let object = bench.workload.admission_replika(&name);
+        let (api, params) = (&api, &params);
+        async move {
+            api.patch(&name, params, &Patch::Apply(&object))
+                .await
+                .with_context(|| format!("the dry-run apply of {name} failed"))?;
+            Ok(())
+        }
+    };
+    let mut progress = Progress::new(format!("admission: {label}"), 2 * requests);
+    concurrently(requests, &mut progress, apply).await?;
+    let latencies = concurrently(requests, &mut progress, apply).await?;
+    progress.finish();
+    Ok(Summary::of(&latencies))
+}
+
+/// Runs `request(0..count)`, [`CONCURRENCY`] at a time; returns each one's latency.
+async fn concurrently<F, Fut>(
+    count: usize,
+    progress: &mut Progress,
+    request: F,
+) -> Result<Vec<Duration>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    stream::iter(0..count)
+        .map(|index| {
+            let sent = request(index);
+            async move {
+                let started = Instant::now();
+                sent.await?;
+                Ok(started.elapsed())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .inspect(|_| progress.inc())
+        .try_collect()
+        .await
+}
+
+/// Applies one Replika at a time (with dry run) until the API server calls
+/// both webhooks (`called`), or until an apply calls neither (`!called`).
+async fn wait_for_calls(bench: &Bench, called: bool) -> Result<()> {
+    let calls = || async {
+        let text = accounting::apiserver_metrics(&bench.cluster.admin).await?;
+        let calls = accounting::sum_by_label(&text, CALLS_METRIC, "name");
+        anyhow::Ok(WEBHOOKS.map(|name| calls.get(name).copied().unwrap_or_default()))
+    };
+    let api = replikas(&bench.cluster.admin);
+    let params = PatchParams::apply(MANAGER).force().dry_run();
+    let probe = bench.workload.admission_replika("bench-admission-probe");
+    let deadline = Instant::now() + REGISTRATION_TIMEOUT;
+    loop {
+        let before = calls().await?;
+        // Refused while only one of the two configurations is in effect
+        // is fine: a later try goes through both.
+        let _ = api
+            .patch("bench-admission-probe", &params, &Patch::Apply(&probe))
+            .await;
+        let after = calls().await?;
+        let each_called = after
+            .iter()
+            .zip(before)
+            .map(|(after, before)| *after > before);
+        let done = if called {
+            each_called.clone().all(|was| was)
+        } else {
+            !each_called.clone().any(|was| was)
+        };
+        if done {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the API server's calls to the webhooks did not {} within {REGISTRATION_TIMEOUT:?}",
+            if called { "start" } else { "stop" }
+        );
+        tokio::time::sleep(REGISTRATION_POLL).await;
+    }
+}
+
+fn replikas(admin: &Client) -> Api<DynamicObject> {
+    Api::namespaced_with(admin.clone(), SOURCE_NAMESPACE, &replika_resource())
+}
+
+/// A client for the webhook itself, trusting the benchmark's CA.
+fn direct_client(endpoints: &Endpoints) -> Result<Client> {
+    let url = format!("https://{}", endpoints.webhook).parse()?;
+    let mut config = kube::Config::new(url);
+    config.root_cert_file = Some(endpoints.tls_dir.join("ca.crt"));
+    Ok(Client::try_from(config)?)
+}
+
+/// An AdmissionReview of a dry-run create of a Replika by a cluster admin.
+fn review(workload: &Workload) -> Result<Vec<u8>> {
+    let name = "bench-admission-direct";
+    let kind = json!({"group": "replika.prosimcorp.com", "version": "v1beta1", "kind": "Replika"});
+    let resource =
+        json!({"group": "replika.prosimcorp.com", "version": "v1beta1", "resource": "replikas"});
+    Ok(serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "00000000-0000-4000-8000-000000000001",
+            "kind": kind,
+            "resource": resource,
+            "requestKind": kind,
+            "requestResource": resource,
+            "name": name,
+            "namespace": SOURCE_NAMESPACE,
+            "operation": "CREATE",
+            "userInfo": {"username": "replika-bench", "groups": ["system:masters", "system:authenticated"]},
+            "object": workload.admission_replika(name),
+            "dryRun": true,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }))?)
+}
+
+/// Why a review got no usable answer.
+enum Unanswered {
+    /// No HTTP answer: nothing listens (yet), or the connection failed.
+    Refused(kube::Error),
+    /// An answer that is not an allowing AdmissionReview.
+    Wrong(anyhow::Error),
+}
+
+impl Unanswered {
+    fn into_error(self) -> anyhow::Error {
+        match self {
+            Unanswered::Refused(error) => error.into(),
+            Unanswered::Wrong(error) => error,
+        }
+    }
+}
+
+/// Sends `review` to `/validate`; fails unless the webhook allows it.
+async fn send_review(client: &Client, review: &[u8]) -> Result<(), Unanswered> {
+    let request = http::Request::post("/validate")
+        .header("content-type", "application/json")
+        .body(review.to_vec())
+        .map_err(|error| Unanswered::Wrong(error.into()))?;
+    let text = match client.request_text(request).await {
+        Ok(text) => text,
+        // Transport errors: connection refused, TLS, timeouts.
+        Err(error @ (kube::Error::HyperError(_) | kube::Error::Service(_))) => {
+            return Err(Unanswered::Refused(error));
+        }
+        Err(error) => return Err(Unanswered::Wrong(error.into())),
+    };
+    let answer: Value = serde_json::from_str(&text)
+        .with_context(|| format!("the webhook's answer is not JSON: {text}"))
+        .map_err(Unanswered::Wrong)?;
+    match answer["response"]["allowed"].as_bool() {
+        Some(true) => Ok(()),
+        Some(false) => Err(Unanswered::Wrong(anyhow!(
+            "the webhook denied the benchmark's Replika: {}",
+            answer["response"]["status"]["message"]
+        ))),
+        None => Err(Unanswered::Wrong(anyhow!(
+            "the webhook's answer is not an AdmissionReview: {text}"
+        ))),
+    }
+}

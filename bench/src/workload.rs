@@ -1,0 +1,379 @@
+//! The objects of the scenarios — namespaces, unrelated Secrets, sources,
+//! Replikas and the floor client's objects — by name and content, and a
+//! bounded-parallel way to create many of them.
+//!
+//! Replikas alternate between the two kinds an operator of this field copies
+//! most: even-numbered ones copy a ConfigMap, odd-numbered ones a Secret, so the
+//! operator has to watch Secrets (its copies) among the 50 000 unrelated ones.
+//! The timed Replika, number 0, copies a ConfigMap, as the floor client writes.
+//!
+//! Replikas are built as plain JSON with only the fields of the earlier Go
+//! operator's API (`matchAll` plus exact `excludeFrom` names, no globs or
+//! selectors), so any operator serving `replika.prosimcorp.com/v1beta1` can be
+//! driven by the same scenarios.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::observer::ObjectKey;
+use crate::progress::Progress;
+
+/// Holds the sources and the Replikas.
+pub const SOURCE_NAMESPACE: &str = "bench-source";
+/// The one target of the warm-up Replika, which shows the operator is at work.
+pub const WARMUP_NAMESPACE: &str = "bench-warmup";
+/// Name of the warm-up Replika and of its source.
+pub const WARMUP_NAME: &str = "bench-warmup";
+/// Name of the floor client's object in every target namespace.
+pub const FLOOR_NAME: &str = "bench-floor";
+/// Prefix of every namespace and object the benchmark creates.
+pub const NAMESPACE_PREFIX: &str = "bench-";
+/// The data key whose value tells one version of a source from the next.
+pub const REVISION_KEY: &str = "revision";
+
+/// Data keys of a source besides its revision, and the length of each value:
+/// about 1 KiB of configuration, a typical shared ConfigMap or Secret.
+const PAYLOAD_KEYS: usize = 8;
+const PAYLOAD_VALUE_LEN: usize = 128;
+/// Bytes of data in each unrelated Secret.
+const SECRET_BYTES: usize = 64;
+
+/// The kinds of object the Replikas copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Kind {
+    ConfigMap,
+    Secret,
+}
+
+impl Kind {
+    /// The kind of source `index` and of its copies.
+    pub fn of_source(index: usize) -> Kind {
+        if index.is_multiple_of(2) {
+            Kind::ConfigMap
+        } else {
+            Kind::Secret
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
+        }
+    }
+}
+
+/// The shape of the scenarios.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub scale: usize,
+    pub replikas: usize,
+    pub unrelated_secrets: usize,
+    pub new_namespaces: usize,
+    pub sync_time: String,
+    /// Namespaces that existed before the benchmark: no Replika targets them.
+    pub preexisting: Vec<String>,
+}
+
+impl Workload {
+    /// The namespaces every Replika targets.
+    pub fn target_namespaces(&self) -> Vec<String> {
+        (0..self.scale).map(target_namespace).collect()
+    }
+
+    /// The namespaces created one at a time for the namespace scenario.
+    pub fn new_namespaces(&self) -> Vec<String> {
+        (0..self.new_namespaces)
+            .map(|index| format!("{NAMESPACE_PREFIX}new-{index:03}"))
+            .collect()
+    }
+
+    /// The copy of every source that `namespace` should hold.
+    pub fn copies_in(&self, namespace: &str) -> Vec<ObjectKey> {
+        (0..self.replikas)
+            .map(|index| ObjectKey::new(Kind::of_source(index), namespace, &source_name(index)))
+            .collect()
+    }
+
+    /// The copies of source `index` in every target namespace.
+    pub fn copies_of(&self, index: usize) -> Vec<ObjectKey> {
+        keys(
+            Kind::of_source(index),
+            &source_name(index),
+            &self.target_namespaces(),
+        )
+    }
+
+    /// A Replika copying source `index` into every benchmark namespace.
+    pub fn replika(&self, index: usize) -> DynamicObject {
+        let mut excluded = self.preexisting.clone();
+        excluded.extend([SOURCE_NAMESPACE.to_owned(), WARMUP_NAMESPACE.to_owned()]);
+        replika_object(
+            &replika_name(index),
+            Kind::of_source(index),
+            &source_name(index),
+            json!({"replicateIn": [], "matchAll": true, "excludeFrom": excluded}),
+            &self.sync_time,
+        )
+    }
+
+    /// The Replika whose only target is [`WARMUP_NAMESPACE`].
+    pub fn warmup_replika(&self) -> DynamicObject {
+        replika_object(
+            WARMUP_NAME,
+            Kind::ConfigMap,
+            WARMUP_NAME,
+            json!({"replicateIn": [WARMUP_NAMESPACE], "matchAll": false}),
+            &self.sync_time,
+        )
+    }
+
+    /// A Replika for the admission scenario: never stored (it is applied with
+    /// dry run), copying source 0 into the warm-up namespace.
+    pub fn admission_replika(&self, name: &str) -> DynamicObject {
+        replika_object(
+            name,
+            Kind::ConfigMap,
+            &source_name(0),
+            json!({"replicateIn": [WARMUP_NAMESPACE], "matchAll": false}),
+            &self.sync_time,
+        )
+    }
+}
+
+/// The `index`th target namespace.
+pub fn target_namespace(index: usize) -> String {
+    format!("{NAMESPACE_PREFIX}{index:04}")
+}
+
+/// The name of source `index` and of its copies.
+pub fn source_name(index: usize) -> String {
+    format!("{NAMESPACE_PREFIX}src-{index:02}")
+}
+
+/// The name of Replika `index`.
+pub fn replika_name(index: usize) -> String {
+    format!("{NAMESPACE_PREFIX}{index:02}")
+}
+
+/// The object of `kind` named `name` in each of `namespaces`.
+pub fn keys(kind: Kind, name: &str, namespaces: &[String]) -> Vec<ObjectKey> {
+    namespaces
+        .iter()
+        .map(|namespace| ObjectKey::new(kind, namespace, name))
+        .collect()
+}
+
+/// The Replika kind, served by whichever operator's CRD is installed.
+pub fn replika_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("replika.prosimcorp.com", "v1beta1", "Replika"),
+        "replikas",
+    )
+}
+
+fn replika_object(
+    name: &str,
+    kind: Kind,
+    source: &str,
+    namespaces: Value,
+    sync_time: &str,
+) -> DynamicObject {
+    let mut replika = DynamicObject::new(name, &replika_resource()).within(SOURCE_NAMESPACE);
+    replika.data = json!({
+        "spec": {
+            "synchronization": {"time": sync_time},
+            "source": {
+                "group": "",
+                "version": "v1",
+                "kind": kind.name(),
+                "name": source,
+                "namespace": SOURCE_NAMESPACE,
+            },
+            "target": {"namespaces": namespaces},
+        }
+    });
+    replika
+}
+
+/// A plain namespace.
+pub fn namespace(name: &str) -> Namespace {
+    Namespace {
+        metadata: named(name, None),
+        ..Namespace::default()
+    }
+}
+
+/// The data of a source (and of the floor's objects) at `revision`.
+pub fn payload(revision: &str) -> BTreeMap<String, String> {
+    let mut data: BTreeMap<String, String> = (0..PAYLOAD_KEYS)
+        .map(|key| {
+            let filler = char::from(b'a' + (key % 26) as u8);
+            (
+                format!("setting-{key}"),
+                filler.to_string().repeat(PAYLOAD_VALUE_LEN),
+            )
+        })
+        .collect();
+    data.insert(REVISION_KEY.into(), revision.into());
+    data
+}
+
+/// The source ConfigMap `name` at `revision`.
+pub fn config_map_source(name: &str, revision: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: named(name, Some(SOURCE_NAMESPACE)),
+        data: Some(payload(revision)),
+        ..ConfigMap::default()
+    }
+}
+
+/// The source Secret `name` at `revision`: the same data as a ConfigMap source.
+pub fn secret_source(name: &str, revision: &str) -> Secret {
+    Secret {
+        metadata: named(name, Some(SOURCE_NAMESPACE)),
+        string_data: Some(payload(revision)),
+        ..Secret::default()
+    }
+}
+
+/// The floor client's object in `namespace`: the source's data, with labels
+/// and annotations the size of the ownership marks an operator adds to a copy.
+pub fn floor_object(namespace: &str, revision: &str) -> ConfigMap {
+    let mut metadata = named(FLOOR_NAME, Some(namespace));
+    metadata.labels = Some(BTreeMap::from([
+        (
+            "replika-bench/created-by".into(),
+            "replika-bench-floor".into(),
+        ),
+        ("replika-bench/part-of".into(), FLOOR_NAME.into()),
+    ]));
+    metadata.annotations = Some(BTreeMap::from([
+        (
+            "replika-bench/owner".into(),
+            format!("{SOURCE_NAMESPACE}/{FLOOR_NAME}"),
+        ),
+        (
+            "replika-bench/owner-uid".into(),
+            "00000000-0000-4000-8000-000000000000".into(),
+        ),
+        ("replika-bench/content-hash".into(), "0".repeat(64)),
+    ]));
+    ConfigMap {
+        metadata,
+        data: Some(payload(revision)),
+        ..ConfigMap::default()
+    }
+}
+
+/// Unrelated Secret `index`, in `namespace`: no Replika references it.
+pub fn unrelated_secret(index: usize, namespace: &str) -> Secret {
+    let bytes = (0..SECRET_BYTES).map(|byte| (byte + index) as u8).collect();
+    Secret {
+        metadata: named(&format!("unrelated-{index:06}"), Some(namespace)),
+        data: Some(BTreeMap::from([("token".into(), ByteString(bytes))])),
+        ..Secret::default()
+    }
+}
+
+fn named(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Runs `task` on every item, `parallelism` at a time, counting on a
+/// progress line; stops at the first error.
+pub async fn run_parallel<T, F, Fut>(
+    label: &str,
+    items: Vec<T>,
+    parallelism: usize,
+    task: F,
+) -> Result<()>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut progress = Progress::new(label, items.len());
+    stream::iter(items)
+        .map(task)
+        .buffer_unordered(parallelism.max(1))
+        .try_for_each(|()| {
+            progress.inc();
+            futures::future::ready(Ok(()))
+        })
+        .await?;
+    progress.finish();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload() -> Workload {
+        Workload {
+            scale: 3,
+            replikas: 2,
+            unrelated_secrets: 10,
+            new_namespaces: 2,
+            sync_time: "20s".into(),
+            preexisting: vec!["default".into(), "kube-system".into()],
+        }
+    }
+
+    #[test]
+    fn names_are_stable() {
+        let workload = workload();
+        assert_eq!(
+            workload.target_namespaces(),
+            ["bench-0000", "bench-0001", "bench-0002"]
+        );
+        assert_eq!(
+            workload.new_namespaces(),
+            ["bench-new-000", "bench-new-001"]
+        );
+        assert_eq!(
+            workload.copies_in("bench-new-000"),
+            [
+                ObjectKey::new(Kind::ConfigMap, "bench-new-000", "bench-src-00"),
+                ObjectKey::new(Kind::Secret, "bench-new-000", "bench-src-01"),
+            ]
+        );
+    }
+
+    #[test]
+    fn replikas_use_only_the_seed_api_and_alternate_kinds() {
+        let workload = workload();
+        let replika = workload.replika(1);
+        assert_eq!(replika.metadata.name.as_deref(), Some("bench-01"));
+        let spec = &replika.data["spec"];
+        assert_eq!(spec["source"]["name"], "bench-src-01");
+        assert_eq!(spec["source"]["kind"], "Secret");
+        assert_eq!(
+            workload.replika(0).data["spec"]["source"]["kind"],
+            "ConfigMap"
+        );
+        assert_eq!(spec["target"]["namespaces"]["matchAll"], true);
+        assert_eq!(
+            spec["target"]["namespaces"]["excludeFrom"],
+            json!(["default", "kube-system", SOURCE_NAMESPACE, WARMUP_NAMESPACE])
+        );
+    }
+
+    #[test]
+    fn floor_objects_carry_the_source_data() {
+        let floor = floor_object("bench-0001", "2");
+        assert_eq!(floor.data, config_map_source("bench-src-00", "2").data);
+        assert_eq!(floor.data.as_ref().expect("data")[REVISION_KEY], "2");
+    }
+}

@@ -7,9 +7,13 @@
 //! repeats the author's access review before every sync, so a Replika that
 //! bypassed admission, or whose author lost their rights, copies nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::future::{BoxFuture, Shared, join_all};
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, UserInfo};
 use k8s_openapi::api::authorization::v1::{
@@ -17,10 +21,13 @@ use k8s_openapi::api::authorization::v1::{
     SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, ObjectMeta, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use ring::rand::{SecureRandom, SystemRandom};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::{ANNOTATION_AUTHOR, ANNOTATION_AUTHOR_SIGNATURE, Replika};
 use crate::domain::access::Access;
@@ -54,6 +61,7 @@ pub struct Authorizer {
     signer: Signer,
     /// The operator's own user name: it never becomes a Replika's author.
     operator: String,
+    reviews: ReviewCache,
 }
 
 impl Authorizer {
@@ -108,6 +116,7 @@ impl Authorizer {
             client,
             signer: Signer::new(&key.0),
             operator,
+            reviews: ReviewCache::default(),
         })
     }
 
@@ -140,34 +149,168 @@ impl Authorizer {
         author: &Author,
         checks: &[Access],
     ) -> Result<Vec<Access>, String> {
-        let review = |attributes| SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(author.username.clone()),
-                groups: Some(author.groups.clone()),
-                uid: (!author.uid.is_empty()).then(|| author.uid.clone()),
-                extra: (!author.extra.is_empty()).then(|| author.extra.clone()),
-                resource_attributes: Some(attributes),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let allowed =
-            |answer: &SubjectAccessReview| answer.status.as_ref().is_some_and(|s| s.allowed);
-        not_allowed(Api::all(self.client.clone()), checks, review, allowed).await
+        let (api, author) = (Api::all(self.client.clone()), author.clone());
+        let subject = Subject::Author(author.clone());
+        self.reviews
+            .answer(subject, checks, move |checks| {
+                let review = move |attributes| SubjectAccessReview {
+                    spec: SubjectAccessReviewSpec {
+                        user: Some(author.username.clone()),
+                        groups: Some(author.groups.clone()),
+                        uid: (!author.uid.is_empty()).then(|| author.uid.clone()),
+                        extra: (!author.extra.is_empty()).then(|| author.extra.clone()),
+                        resource_attributes: Some(attributes),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                let allowed = |answer: &SubjectAccessReview| {
+                    answer.status.as_ref().is_some_and(|s| s.allowed)
+                };
+                not_allowed(api, checks, review, allowed).boxed()
+            })
+            .await
     }
 
     /// Which of `checks` the operator itself may not do.
     pub async fn denied_to_operator(&self, checks: &[Access]) -> Result<Vec<Access>, String> {
-        let review = |attributes| SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(attributes),
-                ..Default::default()
-            },
-            ..Default::default()
+        let api = Api::all(self.client.clone());
+        self.reviews
+            .answer(Subject::Operator, checks, move |checks| {
+                let review = |attributes| SelfSubjectAccessReview {
+                    spec: SelfSubjectAccessReviewSpec {
+                        resource_attributes: Some(attributes),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                let allowed = |answer: &SelfSubjectAccessReview| {
+                    answer.status.as_ref().is_some_and(|s| s.allowed)
+                };
+                not_allowed(api, checks, review, allowed).boxed()
+            })
+            .await
+    }
+
+    /// Keeps access review answers while RBAC stays unchanged: watches the
+    /// metadata of Roles, ClusterRoles and their bindings, forgets every answer
+    /// on any change, and answers nothing from memory while a watch is down.
+    /// Runs until the process ends.
+    pub async fn follow_rbac(self: Arc<Self>) {
+        let client = self.client.clone();
+        tokio::join!(
+            self.follow::<Role>(client.clone(), 0),
+            self.follow::<ClusterRole>(client.clone(), 1),
+            self.follow::<RoleBinding>(client.clone(), 2),
+            self.follow::<ClusterRoleBinding>(client, 3),
+        );
+    }
+
+    async fn follow<K>(&self, client: Client, index: usize)
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + 'static,
+    {
+        let stream = watcher(
+            Api::<PartialObjectMeta<K>>::all(client),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff();
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::InitDone) => self.reviews.rbac_followed(index, true),
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => self.reviews.forget(),
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Err(error) => {
+                    self.reviews.rbac_followed(index, false);
+                    warn!(%error, kind = K::kind(&()).as_ref(), "RBAC watch failed: access reviews are not remembered until it recovers");
+                }
+            }
+        }
+    }
+}
+
+/// Whose access a review asks about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Subject {
+    Author(Author),
+    Operator,
+}
+
+type Answer = Shared<BoxFuture<'static, Result<Vec<Access>, String>>>;
+/// Who is asked about, and which checks.
+type Question = (Subject, Vec<Access>);
+
+/// How long an answer is kept even if no RBAC change is seen: authorizers
+/// other than RBAC (webhook, ABAC) change without an object to watch.
+const ANSWER_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+/// Access review answers, shared by concurrent askers; a full "yes" is kept
+/// until RBAC changes.
+#[derive(Default)]
+struct ReviewCache {
+    /// Each answer with when it was asked.
+    answers: Mutex<HashMap<Question, (Instant, Answer)>>,
+    /// Whether each RBAC watch has its full list and is running.
+    followed: [AtomicBool; 4],
+}
+
+impl ReviewCache {
+    /// The answer for `subject` and `checks`: remembered, in flight, or asked now by `ask`.
+    async fn answer(
+        &self,
+        subject: Subject,
+        checks: &[Access],
+        ask: impl FnOnce(Vec<Access>) -> BoxFuture<'static, Result<Vec<Access>, String>>,
+    ) -> Result<Vec<Access>, String> {
+        let key = (subject, checks.to_vec());
+        let answer = {
+            let mut answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+            let fresh = |(asked, _): &(Instant, Answer)| asked.elapsed() < ANSWER_LIFETIME;
+            match answers.get(&key).filter(|entry| fresh(entry)) {
+                Some((_, answer)) => answer.clone(),
+                None => {
+                    let answer = ask(checks.to_vec()).shared();
+                    answers.insert(key.clone(), (Instant::now(), answer.clone()));
+                    answer
+                }
+            }
         };
-        let allowed =
-            |answer: &SelfSubjectAccessReview| answer.status.as_ref().is_some_and(|s| s.allowed);
-        not_allowed(Api::all(self.client.clone()), checks, review, allowed).await
+        let result = answer.await;
+        let allowed = result.as_ref().is_ok_and(Vec::is_empty);
+        if !allowed || !self.remembering() {
+            // Only a full "yes" is kept: a denial is asked again (a grant that
+            // just landed counts at once), an error is no answer, and a "yes"
+            // under RBAC that is not being followed could be revoked unseen.
+            self.answers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+        }
+        result
+    }
+
+    fn remembering(&self) -> bool {
+        self.followed
+            .iter()
+            .all(|followed| followed.load(Ordering::Acquire))
+    }
+
+    fn rbac_followed(&self, index: usize, followed: bool) {
+        self.followed[index].store(followed, Ordering::Release);
+        self.forget();
+    }
+
+    fn forget(&self) {
+        self.answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 }
 
@@ -223,7 +366,7 @@ fn attributes(access: &Access) -> ResourceAttributes {
 /// Fails if any review could not be made: an unanswered question is not a yes.
 async fn not_allowed<K>(
     api: Api<K>,
-    checks: &[Access],
+    checks: Vec<Access>,
     review: impl Fn(ResourceAttributes) -> K,
     allowed: fn(&K) -> bool,
 ) -> Result<Vec<Access>, String>
@@ -236,10 +379,84 @@ where
     }))
     .await;
     let mut denied = Vec::new();
-    for (access, answer) in checks.iter().zip(answers) {
+    for (access, answer) in checks.into_iter().zip(answers) {
         if !allowed(&answer.map_err(|error| error.to_string())?) {
-            denied.push(access.clone());
+            denied.push(access);
         }
     }
     Ok(denied)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    fn check(verb: &'static str) -> Access {
+        Access {
+            verb,
+            group: String::new(),
+            resource: "secrets".into(),
+            namespace: Some("team-a".into()),
+            name: None,
+        }
+    }
+
+    fn followed() -> ReviewCache {
+        let cache = ReviewCache::default();
+        for index in 0..4 {
+            cache.rbac_followed(index, true);
+        }
+        cache
+    }
+
+    /// Asks `cache` about `checks`, answering `denied` and counting the asks.
+    async fn ask(cache: &ReviewCache, asks: &Arc<AtomicUsize>, denied: Vec<Access>) -> Vec<Access> {
+        let asks = asks.clone();
+        cache
+            .answer(Subject::Operator, &[check("get")], move |_| {
+                asks.fetch_add(1, Ordering::SeqCst);
+                async move { Ok(denied) }.boxed()
+            })
+            .await
+            .expect("an answer")
+    }
+
+    #[tokio::test]
+    async fn a_yes_is_remembered_until_rbac_changes() {
+        let (cache, asks) = (followed(), Arc::new(AtomicUsize::new(0)));
+        let (first, second) = tokio::join!(ask(&cache, &asks, vec![]), ask(&cache, &asks, vec![]));
+        assert_eq!((first, second), (vec![], vec![]));
+        assert_eq!(ask(&cache, &asks, vec![]).await, vec![]);
+        assert_eq!(
+            asks.load(Ordering::SeqCst),
+            1,
+            "concurrent and later askers share one review"
+        );
+        cache.forget();
+        ask(&cache, &asks, vec![]).await;
+        assert_eq!(
+            asks.load(Ordering::SeqCst),
+            2,
+            "an RBAC change forgets the answer"
+        );
+    }
+
+    #[tokio::test]
+    async fn denials_and_answers_under_unfollowed_rbac_are_asked_again() {
+        let (cache, asks) = (followed(), Arc::new(AtomicUsize::new(0)));
+        ask(&cache, &asks, vec![check("get")]).await;
+        ask(&cache, &asks, vec![check("get")]).await;
+        assert_eq!(asks.load(Ordering::SeqCst), 2, "a denial is not kept");
+
+        let (cache, asks) = (ReviewCache::default(), Arc::new(AtomicUsize::new(0)));
+        ask(&cache, &asks, vec![]).await;
+        ask(&cache, &asks, vec![]).await;
+        assert_eq!(
+            asks.load(Ordering::SeqCst),
+            2,
+            "nothing is kept while RBAC is not followed"
+        );
+    }
 }

@@ -216,6 +216,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     readiness.signing_key.set(true);
+    // Access review answers are remembered while RBAC is unchanged.
+    tokio::spawn(authorizer.clone().follow_rbac());
     {
         // Out of the Service's endpoints as soon as shutdown starts.
         let (readiness, stopped) = (readiness.clone(), stopped());

@@ -79,6 +79,24 @@ const MANAGER_NEEDS: &[Need] = &[
     // src/authorization.rs `Authorizer::denied_to`: one SubjectAccessReview per
     // right a Replika's author must have, at admission and before every sync.
     need("authorization.k8s.io", "subjectaccessreviews", &["create"]),
+    // src/authorization.rs `Authorizer::follow_rbac`: metadata watches that
+    // tell when remembered access review answers must be forgotten.
+    need("rbac.authorization.k8s.io", "roles", &["list", "watch"]),
+    need(
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        &["list", "watch"],
+    ),
+    need(
+        "rbac.authorization.k8s.io",
+        "clusterroles",
+        &["list", "watch"],
+    ),
+    need(
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        &["list", "watch"],
+    ),
     // src/controller/watches.rs `Watches::source` (the source, by name) and
     // `Watches::copies` (a metadata watch of same-named objects in all namespaces).
     need("", "secrets", &["list", "watch"]),

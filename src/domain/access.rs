@@ -13,7 +13,7 @@ pub const AUTHOR_TARGET_VERBS: [&str; 3] = ["create", "update", "delete"];
 
 /// One access question: may `verb` be done on `resource` (optionally one `name`)
 /// in `namespace` (`None`: cluster-wide)?
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Access {
     pub verb: &'static str,
     pub group: String,

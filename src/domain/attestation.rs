@@ -18,7 +18,7 @@ use serde_json::json;
 use super::validation::ReplikaPlan;
 
 /// The identity the API server authenticated for the Replika's last admitted write.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Author {
     pub username: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]

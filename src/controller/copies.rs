@@ -69,6 +69,18 @@ impl WrittenVersions {
         };
     }
 
+    /// Whether `copy` is exactly as the engine last wrote it (by owner and namespace).
+    pub fn is_own_write(&self, copy: &CopyMeta) -> bool {
+        let (Some(owner_uid), Some(namespace), Some(version)) = (
+            copy.annotations().get(ANNOTATION_OWNER_UID),
+            copy.metadata.namespace.as_deref(),
+            copy.metadata.resource_version.as_deref(),
+        ) else {
+            return false;
+        };
+        self.get(owner_uid, namespace).as_deref() == Some(version)
+    }
+
     /// Drops everything remembered for one Replika.
     pub fn forget_owner(&self, owner_uid: &str) {
         self.lock().retain(|(uid, _), _| uid != owner_uid);

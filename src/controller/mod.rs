@@ -14,6 +14,7 @@ pub mod reconcile;
 pub mod status;
 pub mod watches;
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,15 +22,15 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::{Controller, WatchStreamExt};
-use kube::{Api, Client};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::api::Replika;
+use crate::api::{ANNOTATION_AUTHOR, ANNOTATION_AUTHOR_SIGNATURE, Replika};
 use crate::authorization::Authorizer;
 use crate::health::Readiness;
 use crate::metrics::{Metrics, ReconcileLabels};
@@ -63,7 +64,7 @@ pub struct Context {
     pub watches: watches::Watches,
     pub kinds: kinds::KindCache,
     pub recorder: Recorder,
-    pub written: copies::WrittenVersions,
+    pub written: Arc<copies::WrittenVersions>,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     /// Verifies each Replika's author and reviews their access before any write.
@@ -128,6 +129,7 @@ pub async fn run(
         namespace_writer,
         namespace_tx,
     ));
+    let written = Arc::new(copies::WrittenVersions::default());
     let reporter = Reporter {
         controller: MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -135,20 +137,26 @@ pub async fn run(
     let context = Arc::new(Context {
         client: client.clone(),
         namespaces,
-        watches: watches::Watches::new(client.clone(), trigger_tx),
+        watches: watches::Watches::new(client.clone(), trigger_tx, written.clone()),
         kinds: kinds::KindCache::new(client.clone()),
         recorder: Recorder::new(client.clone(), reporter),
-        written: copies::WrittenVersions::default(),
+        written: written.clone(),
         settings: settings.clone(),
         metrics: telemetry.metrics.clone(),
         authorizer,
         synced_copies: Default::default(),
     });
     info!("replication engine started");
-    let controller = Controller::new(
+    let (replika_store, replika_writer) = reflector::store();
+    let replika_changes = watcher::watcher(
         Api::<Replika>::all(client),
         watcher::Config::default().any_semantic(),
-    );
+    )
+    .default_backoff()
+    .reflect(replika_writer)
+    .applied_objects()
+    .predicate_filter(worth_a_pass, PredicateConfig::default());
+    let controller = Controller::for_stream(replika_changes, replika_store);
     let (replikas, namespace_store) = (controller.store(), context.namespaces.store());
     let readiness = tokio::spawn(async move {
         if first_list_done(&replikas).await && first_list_done(&namespace_store).await {
@@ -184,6 +192,23 @@ pub async fn run(
     readiness.abort();
     namespace_task.abort();
     info!("replication engine stopped");
+}
+
+/// What makes a changed Replika worth a new pass: its spec (generation), its
+/// author, its finalizers, its deletion. Not its status: the engine writes that
+/// itself, and a pass per status write would redo every pass once more.
+fn worth_a_pass(replika: &Replika) -> Option<u64> {
+    let mut hasher = std::hash::DefaultHasher::new();
+    let annotations = replika.annotations();
+    (
+        replika.metadata.generation,
+        annotations.get(ANNOTATION_AUTHOR),
+        annotations.get(ANNOTATION_AUTHOR_SIGNATURE),
+        &replika.metadata.finalizers,
+        replika.metadata.deletion_timestamp.is_some(),
+    )
+        .hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Keeps the namespace cache current and signals every change that can move targets.

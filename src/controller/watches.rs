@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::copies::WrittenVersions;
 use crate::api::Replika;
 use crate::domain::validation::SourceRef;
 
@@ -162,15 +163,19 @@ type SourceWatch = (SourceRef, RunningWatch<DynamicObject>);
 pub struct Watches {
     client: Client,
     trigger: Trigger,
+    /// The copies' resource versions the engine wrote itself: their watch
+    /// events are echoes of its own writes and trigger no pass.
+    written: Arc<WrittenVersions>,
     sources: Mutex<HashMap<ObjectRef<Replika>, SourceWatch>>,
     copies: Mutex<HashMap<CopyCacheKey, RunningWatch<CopyMeta>>>,
 }
 
 impl Watches {
-    pub fn new(client: Client, trigger: Trigger) -> Self {
+    pub fn new(client: Client, trigger: Trigger, written: Arc<WrittenVersions>) -> Self {
         Watches {
             client,
             trigger,
+            written,
             sources: Mutex::default(),
             copies: Mutex::default(),
         }
@@ -200,7 +205,10 @@ impl Watches {
             resource.clone(),
             HashSet::from([replika.clone()]),
             self.trigger.clone(),
-            |object| object.metadata.managed_fields = None,
+            Handling {
+                trim: |object| object.metadata.managed_fields = None,
+                is_echo: Arc::new(|_| false),
+            },
         );
         let view = running.view();
         sources.insert(replika.clone(), (source.clone(), running));
@@ -231,7 +239,13 @@ impl Watches {
             resource.clone(),
             HashSet::from([replika.clone()]),
             self.trigger.clone(),
-            drop_field_sets,
+            Handling {
+                trim: drop_field_sets,
+                is_echo: Arc::new({
+                    let written = self.written.clone();
+                    move |copy: &CopyMeta| written.is_own_write(copy)
+                }),
+            },
         );
         let view = running.view();
         copies.insert(key.clone(), running);
@@ -269,13 +283,21 @@ fn drop_field_sets(object: &mut CopyMeta) {
     }
 }
 
+/// How a watch treats its objects.
+struct Handling<K> {
+    /// Trims each object before it is stored.
+    trim: fn(&mut K),
+    /// Whether an object is the echo of the engine's own write, which wakes nobody.
+    is_echo: Arc<dyn Fn(&K) -> bool + Send + Sync>,
+}
+
 fn spawn_watch<K>(
     api: Api<K>,
     config: watcher::Config,
     dyntype: <K as kube::Resource>::DynamicType,
     subscribers: HashSet<ObjectRef<Replika>>,
     trigger: Trigger,
-    trim: fn(&mut K),
+    handling: Handling<K>,
 ) -> RunningWatch<K>
 where
     K: kube::Resource + Lookup<DynamicType = <K as kube::Resource>::DynamicType>,
@@ -293,7 +315,7 @@ where
         health.clone(),
         subscribers.clone(),
         trigger,
-        trim,
+        handling,
     ));
     RunningWatch {
         store,
@@ -310,7 +332,7 @@ async fn drive_watch<K>(
     health: Arc<WatchHealth>,
     subscribers: Arc<Mutex<HashSet<ObjectRef<Replika>>>>,
     trigger: Trigger,
-    trim: fn(&mut K),
+    handling: Handling<K>,
 ) where
     K: kube::Resource + Lookup<DynamicType = <K as kube::Resource>::DynamicType>,
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -323,7 +345,7 @@ async fn drive_watch<K>(
     };
     let stream = watcher::watcher(api, config)
         .default_backoff()
-        .modify(trim)
+        .modify(handling.trim)
         .reflect(writer);
     futures::pin_mut!(stream);
     while let Some(event) = stream.next().await {
@@ -335,10 +357,13 @@ async fn drive_watch<K>(
                         health.synced.store(true, Ordering::Release);
                         notify();
                     }
-                    Event::Apply(_) | Event::Delete(_) => {
+                    Event::Apply(object) | Event::Delete(object)
+                        if !(handling.is_echo)(&object) =>
+                    {
                         *lock(&health.last_change) = Some(Instant::now());
                         notify();
                     }
+                    Event::Apply(_) | Event::Delete(_) => {}
                     Event::Init | Event::InitApply(_) if recovered => notify(),
                     Event::Init | Event::InitApply(_) => {}
                 }

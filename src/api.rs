@@ -11,6 +11,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The prefix of every label and annotation key Replika sets.
+pub const REPLIKA_KEY_PREFIX: &str = "replika.prosimcorp.com/";
 /// Label put on every copy; the seed operator's value, kept for compatibility.
 pub const LABEL_CREATED_BY: &str = "replika.prosimcorp.com/created-by";
 /// Value of [`LABEL_CREATED_BY`].

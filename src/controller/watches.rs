@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::copies::WrittenVersions;
-use crate::api::Replika;
+use crate::api::{REPLIKA_KEY_PREFIX, Replika};
 use crate::domain::validation::SourceRef;
 
 /// Metadata of an object that may be, or collide with, a copy.
@@ -240,7 +240,7 @@ impl Watches {
             HashSet::from([replika.clone()]),
             self.trigger.clone(),
             Handling {
-                trim: drop_field_sets,
+                trim: trim_copy,
                 is_echo: Arc::new({
                     let written = self.written.clone();
                     move |copy: &CopyMeta| written.is_own_write(copy)
@@ -274,13 +274,27 @@ fn unsubscribe(
     });
 }
 
-/// Copies are compared by content hash and resource version, and of their managed
-/// fields only who holds them by which operation matters (and where, for the
-/// ownership upgrade); the field sets themselves are dropped to save memory.
-fn drop_field_sets(object: &mut CopyMeta) {
-    for entry in object.metadata.managed_fields.iter_mut().flatten() {
-        entry.fields_v1 = None;
+/// Keeps of a copy's metadata only what the engine reads — identity, resource
+/// version, deletion, Replika's own labels and annotations (ownership, content
+/// hash), and who holds its managed fields by which operation (in place, for the
+/// ownership upgrade) — so that thousands of copies cost little memory.
+fn trim_copy(object: &mut CopyMeta) {
+    let ours = |key: &String| key.starts_with(REPLIKA_KEY_PREFIX);
+    let metadata = &mut object.metadata;
+    for keys in [&mut metadata.labels, &mut metadata.annotations]
+        .into_iter()
+        .flatten()
+    {
+        keys.retain(|key, _| ours(key));
     }
+    for entry in metadata.managed_fields.iter_mut().flatten() {
+        entry.fields_v1 = None;
+        entry.fields_type = None;
+        entry.api_version = None;
+        entry.time = None;
+    }
+    metadata.owner_references = None;
+    metadata.creation_timestamp = None;
 }
 
 /// How a watch treats its objects.

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::api::{
     ANNOTATION_CONTENT_HASH, ANNOTATION_OWNER, ANNOTATION_OWNER_UID, CREATED_BY_VALUE,
-    LABEL_CREATED_BY, LABEL_PART_OF,
+    LABEL_CREATED_BY, LABEL_PART_OF, REPLIKA_KEY_PREFIX,
 };
 
 /// Label and annotation keys (or prefixes ending in `/`) that belong to the
@@ -20,7 +20,7 @@ const TRACKING_KEYS: &[&str] = &[
     "kustomize.toolkit.fluxcd.io/",
     "helm.toolkit.fluxcd.io/",
     "meta.helm.sh/",
-    "replika.prosimcorp.com/",
+    REPLIKA_KEY_PREFIX,
 ];
 
 /// The identity of the Replika that writes a copy.

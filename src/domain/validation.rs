@@ -12,7 +12,7 @@ use super::duration::parse_go_duration;
 use super::names::{dns_label_problem, dns_subdomain_problem, namespace_pattern_problem};
 use super::selector::{label_key_problem, label_value_problem, selector_problems};
 use super::targets::TargetRule;
-use crate::api::{EffectivePolicy, ReplikaSpec};
+use crate::api::{EffectivePolicy, REPLIKA_KEY_PREFIX, ReplikaSpec};
 
 /// The shortest resync interval accepted.
 pub const MIN_RESYNC: Duration = Duration::from_secs(1);
@@ -207,7 +207,7 @@ pub fn validate(spec: &ReplikaSpec, replika_namespace: &str) -> Result<ReplikaPl
         );
     }
     for key in extra_labels.keys().chain(extra_annotations.keys()) {
-        if key.starts_with("replika.prosimcorp.com/") {
+        if key.starts_with(REPLIKA_KEY_PREFIX) {
             problems.push(format!(
                 "spec.target.metadata: key {key:?} is reserved for Replika's own bookkeeping"
             ));

@@ -27,7 +27,7 @@ down:
 
 ## Checks ####################################################################
 
-.PHONY: test
+.PHONY: test soak
 
 # Each test binary starts a private control plane, so no `make control-plane`.
 test: control-plane-binaries install-tools
@@ -35,6 +35,13 @@ test: control-plane-binaries install-tools
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
 	$(MAKE) --no-print-directory bench-smoke
+
+# 15 minutes of churn (sources, namespaces, Replikas, tampered copies), then
+# the invariant check; `make test` runs the same test for 60 seconds.
+SOAK_SECONDS ?= 900
+soak: control-plane-binaries
+	REPLIKA_SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --package replika --test reliability -- \
+		--exact a_soak_of_continuous_churn_ends_with_every_copy_right --nocapture
 
 ## Operator tasks (run, crd, ...) ############################################
 # Add the operator's own targets below this line.

@@ -13,7 +13,7 @@ use replika::authorization::Authorizer;
 use replika::controller::{self, Telemetry};
 use replika::domain::duration::parse_go_duration;
 use replika::health::{self, Readiness};
-use replika::leader::{self, LeaseSettings};
+use replika::leader::{self, Leadership, LeaseSettings};
 use replika::metrics::Metrics;
 use replika::webhook::{self, Certificates, self_managed::SelfManaged, tls};
 use tokio::sync::watch;
@@ -242,6 +242,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = controller::Settings {
         max_parallel_writes: args.max_parallel_writes.max(1),
         max_parallel_replikas: args.max_parallel_replikas.max(1),
+        leadership: Leadership::always(),
     };
     let telemetry = || Telemetry {
         metrics: metrics.clone(),
@@ -260,17 +261,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             readiness.engine.set(!leading);
         };
         let (client, settings) = (client.clone(), settings.clone());
-        leader::run_while_leading(client.clone(), lease, stop_watch, on_leadership, |until| {
+        let engine = |leadership, until| {
+            let settings = controller::Settings {
+                leadership,
+                ..settings.clone()
+            };
             controller::run(
                 client.clone(),
-                settings.clone(),
+                settings,
                 authorizer.clone(),
                 telemetry(),
                 until,
             )
-        })
-        .await
-        .context("leader election failed")?;
+        };
+        leader::run_while_leading(client.clone(), lease, stop_watch, on_leadership, engine).await;
     } else if args.reconcile {
         metrics.leader.set(1);
         controller::run(client, settings, authorizer, telemetry(), stopped()).await;

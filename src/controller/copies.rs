@@ -21,10 +21,11 @@ use serde_json::{Value, json};
 use super::MANAGER;
 use super::watches::CopyMeta;
 use crate::api::{
-    ANNOTATION_CONTENT_HASH, ANNOTATION_OWNER, ANNOTATION_OWNER_UID, LABEL_CREATED_BY,
-    LABEL_PART_OF,
+    ANNOTATION_CONTENT_HASH, ANNOTATION_OWNER, ANNOTATION_OWNER_UID, CREATED_BY_VALUE,
+    LABEL_CREATED_BY, LABEL_PART_OF,
 };
 use crate::domain::copy::CopyTemplate;
+use crate::leader::Leadership;
 use crate::metrics::{CopyOperation, Metrics};
 
 /// What happened to one target namespace in a pass.
@@ -93,8 +94,15 @@ impl WrittenVersions {
     }
 }
 
+/// Why a write was refused: the leader Lease is no longer this process's.
+#[derive(Debug, thiserror::Error)]
+#[error("this replica no longer holds the leader Lease; the write is left to the new leader")]
+pub struct NotLeading;
+
 /// Writes for the copies of one Replika in one kind.
 pub struct CopyWriter<'a> {
+    /// Checked before every write.
+    pub leadership: &'a Leadership,
     pub client: &'a Client,
     pub resource: &'a ApiResource,
     pub owner_uid: &'a str,
@@ -107,8 +115,20 @@ impl CopyWriter<'_> {
         Api::namespaced_with(self.client.clone(), namespace, self.resource)
     }
 
+    /// Refuses every write once this process may no longer act as the leader.
+    fn may_write(&self) -> Result<(), kube::Error> {
+        if self.leadership.is_valid() {
+            Ok(())
+        } else {
+            Err(kube::Error::Service(Box::new(NotLeading)))
+        }
+    }
+
     /// Brings `existing`, a copy we own, in line with `template`, writing only what differs.
     pub async fn sync_owned(&self, existing: &CopyMeta, template: &CopyTemplate) -> Outcome {
+        if let Err(error) = self.may_write() {
+            return Outcome::Failed(describe(&error));
+        }
         let namespace = existing.namespace().unwrap_or_default();
         let mut upgraded = false;
         if let Some(index) = create_entry_index(existing) {
@@ -163,6 +183,9 @@ impl CopyWriter<'_> {
 
     /// Creates the copy in `namespace`; an object already there is reported as a conflict.
     pub async fn create(&self, namespace: &str, template: &CopyTemplate) -> Outcome {
+        if let Err(error) = self.may_write() {
+            return Outcome::Failed(describe(&error));
+        }
         let body = template.for_namespace(namespace);
         let object: DynamicObject = match serde_json::from_value(body) {
             Ok(object) => object,
@@ -180,15 +203,43 @@ impl CopyWriter<'_> {
                 Outcome::Created
             }
             Err(kube::Error::Api(status)) if status.is_already_exists() => {
-                Outcome::Conflict("an object with this name was created by someone else".into())
+                self.sync_existing(namespace, &object.name_any(), template)
+                    .await
             }
             Err(error) => Outcome::Failed(describe(&error)),
+        }
+    }
+
+    /// The object a create found in the way: our own copy (the cache had not
+    /// seen it yet) is brought in line; anyone else's is a conflict.
+    async fn sync_existing(&self, namespace: &str, name: &str, template: &CopyTemplate) -> Outcome {
+        let existing = match self.api(namespace).get_metadata_opt(name).await {
+            Ok(Some(existing)) => existing,
+            // Gone again already: the next pass creates it.
+            Ok(None) => return Outcome::Failed("the copy was deleted while it was created".into()),
+            Err(error) => return Outcome::Failed(describe(&error)),
+        };
+        let ours = existing.labels().get(LABEL_CREATED_BY).map(String::as_str)
+            == Some(CREATED_BY_VALUE)
+            && existing
+                .annotations()
+                .get(ANNOTATION_OWNER_UID)
+                .map(String::as_str)
+                == Some(self.owner_uid);
+        if ours {
+            // Boxed: syncing may replace the copy, which creates it again.
+            Box::pin(self.sync_owned(&existing, template)).await
+        } else {
+            Outcome::Conflict("an object with this name was created by someone else".into())
         }
     }
 
     /// Applies `template` over `existing` (ours, or one being adopted), replacing it
     /// when it is immutable and its content changed.
     pub async fn update(&self, existing: &CopyMeta, template: &CopyTemplate) -> Outcome {
+        if let Err(error) = self.may_write() {
+            return Outcome::Failed(describe(&error));
+        }
         let namespace = existing.namespace().unwrap_or_default();
         let uid = existing.uid().unwrap_or_default();
         let mut body = template.for_namespace(&namespace);
@@ -231,6 +282,7 @@ impl CopyWriter<'_> {
 
     /// Deletes `existing`, only if it is still the object we saw.
     pub async fn delete(&self, existing: &CopyMeta) -> Result<(), kube::Error> {
+        self.may_write()?;
         let namespace = existing.namespace().unwrap_or_default();
         let params = DeleteParams {
             preconditions: Some(Preconditions {
@@ -256,6 +308,7 @@ impl CopyWriter<'_> {
 
     /// Leaves `existing` in place without Replika's marks, so nothing manages it any more.
     pub async fn release(&self, existing: &CopyMeta) -> Result<(), kube::Error> {
+        self.may_write()?;
         let namespace = existing.namespace().unwrap_or_default();
         let patch = json!({
             "metadata": {

@@ -16,14 +16,14 @@ pub mod watches;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector;
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
@@ -33,6 +33,7 @@ use tracing::{info, warn};
 use crate::api::{ANNOTATION_AUTHOR, ANNOTATION_AUTHOR_SIGNATURE, Replika};
 use crate::authorization::Authorizer;
 use crate::health::Readiness;
+use crate::leader::Leadership;
 use crate::metrics::{Metrics, ReconcileLabels};
 pub use error::Error;
 
@@ -46,6 +47,8 @@ pub struct Settings {
     pub max_parallel_writes: usize,
     /// How many Replikas are reconciled at once.
     pub max_parallel_replikas: u16,
+    /// Whether this process may write now; every write checks it first.
+    pub leadership: Leadership,
 }
 
 impl Default for Settings {
@@ -53,6 +56,7 @@ impl Default for Settings {
         Settings {
             max_parallel_writes: 32,
             max_parallel_replikas: 4,
+            leadership: Leadership::always(),
         }
     }
 }
@@ -81,6 +85,7 @@ impl Context {
         owner_uid: &'a str,
     ) -> copies::CopyWriter<'a> {
         copies::CopyWriter {
+            leadership: &self.settings.leadership,
             client: &self.client,
             resource,
             owner_uid,
@@ -123,11 +128,17 @@ pub async fn run(
     let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
     let (namespace_tx, namespace_rx) = mpsc::unbounded_channel();
     let (namespaces, namespace_writer) = watches::NamespaceCache::new();
+    let health = Arc::new(EngineHealth {
+        replikas: AtomicBool::new(false),
+        namespaces: AtomicBool::new(false),
+        readiness: telemetry.ready.clone(),
+    });
     let namespace_task = tokio::spawn(watch_namespaces(
         client.clone(),
         namespaces.clone(),
         namespace_writer,
         namespace_tx,
+        health.clone(),
     ));
     let written = Arc::new(copies::WrittenVersions::default());
     let reporter = Reporter {
@@ -153,17 +164,15 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    .inspect(move |event| match event {
+        Ok(Event::InitDone) => health.replikas_listed(true),
+        Err(_) => health.replikas_listed(false),
+        Ok(_) => {}
+    })
     .reflect(replika_writer)
     .applied_objects()
     .predicate_filter(worth_a_pass, PredicateConfig::default());
     let controller = Controller::for_stream(replika_changes, replika_store);
-    let (replikas, namespace_store) = (controller.store(), context.namespaces.store());
-    let readiness = tokio::spawn(async move {
-        if first_list_done(&replikas).await && first_list_done(&namespace_store).await {
-            info!("Replika and namespace caches synced: the engine is ready");
-            telemetry.ready.engine.set(true);
-        }
-    });
     let metrics = telemetry.metrics;
     controller
         .with_config(kube::runtime::Config::default().concurrency(settings.max_parallel_replikas))
@@ -189,7 +198,6 @@ pub async fn run(
             std::future::ready(())
         })
         .await;
-    readiness.abort();
     namespace_task.abort();
     info!("replication engine stopped");
 }
@@ -217,6 +225,7 @@ async fn watch_namespaces(
     cache: watches::NamespaceCache,
     writer: Writer<PartialObjectMeta<Namespace>>,
     changed: mpsc::UnboundedSender<()>,
+    health: Arc<EngineHealth>,
 ) {
     let api = Api::<PartialObjectMeta<Namespace>>::all(client);
     let stream = watcher::watcher(api, watcher::Config::default().any_semantic())
@@ -231,28 +240,53 @@ async fn watch_namespaces(
             }
             Ok(Event::InitDone) => {
                 cache.mark_synced();
+                health.namespaces_listed(true);
                 let _ = changed.send(());
             }
             Ok(Event::Init | Event::InitApply(_)) => {}
-            Err(error) => warn!(%error, "namespace watch failed; retrying"),
+            Err(error) => {
+                health.namespaces_listed(false);
+                warn!(%error, "namespace watch failed; retrying");
+            }
         }
     }
 }
 
-/// Waits for a store's first full list; false if its writer is gone. Polls
-/// rather than awaiting `wait_until_ready` alone: in kube-runtime 5 only one of
-/// several concurrent waiters is woken, and the Controller itself is one.
-async fn first_list_done<K>(store: &Store<K>) -> bool
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tick.tick().await;
-        if let Some(result) = store.wait_until_ready().now_or_never() {
-            return result.is_ok();
+/// Whether the engine's own caches are current: `readiness.engine` is true only
+/// while both the Replika and the namespace watch hold a full, live list, so
+/// `/readyz` shows an API server or etcd outage and its end.
+struct EngineHealth {
+    replikas: AtomicBool,
+    namespaces: AtomicBool,
+    readiness: Arc<Readiness>,
+}
+
+impl EngineHealth {
+    fn replikas_listed(&self, listed: bool) {
+        self.replikas.store(listed, Ordering::Release);
+        self.publish();
+    }
+
+    fn namespaces_listed(&self, listed: bool) {
+        self.namespaces.store(listed, Ordering::Release);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let ready =
+            self.replikas.load(Ordering::Acquire) && self.namespaces.load(Ordering::Acquire);
+        if ready != self.readiness.engine.get() {
+            info!(
+                ready,
+                "Replika and namespace caches {}",
+                if ready {
+                    "synced: the engine is ready"
+                } else {
+                    "lost their watch: the engine is not ready"
+                }
+            );
         }
+        self.readiness.engine.set(ready);
     }
 }
 

@@ -196,7 +196,8 @@ pub async fn publish(
     status: ReplikaStatus,
 ) -> Result<(), kube::Error> {
     let previous = replika.status.clone().unwrap_or_default();
-    if status == previous {
+    // A replica that lost the Lease reports nothing: the new leader owns the status now.
+    if status == previous || !ctx.settings.leadership.is_valid() {
         return Ok(());
     }
     let api: Api<Replika> =

@@ -26,6 +26,7 @@ const CONTROLLERS: &str = "namespace-controller,garbage-collector-controller,ser
 const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
 
 /// Free ports on 127.0.0.1, one for each listener of the plane.
+#[derive(Debug)]
 pub(crate) struct Ports {
     etcd_client: u16,
     etcd_peer: u16,
@@ -57,6 +58,11 @@ impl Ports {
 
     pub(crate) fn apiserver_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.apiserver)
+    }
+
+    /// Where etcd serves its clients (and its `/health`).
+    pub(crate) fn etcd_client_address(&self) -> (&'static str, u16) {
+        ("127.0.0.1", self.etcd_client)
     }
 
     fn etcd_client_url(&self) -> String {

@@ -9,12 +9,16 @@
 //! Tests use [`ControlPlane::shared`], one plane per test binary, and give each
 //! test its own [`TestNamespace`]. [`ControlPlane::user`] and
 //! [`ControlPlane::service_account`] hand out [`Identity`]s that start with no
-//! rights, so authorization is exercised as in a real cluster. The `testenv`
-//! binary starts a long-lived plane for local development (`make control-plane`).
+//! rights, so authorization is exercised as in a real cluster. Fault tests stop
+//! and restart etcd or kube-apiserver of a plane they started with
+//! [`ControlPlane::stop_component`] and [`ControlPlane::start_component`]. The
+//! `testenv` binary starts a long-lived plane for local development (`make
+//! control-plane`).
 
 mod binaries;
 mod command;
 mod components;
+mod faults;
 mod identity;
 mod kubeconfig;
 mod kubectl;
@@ -28,6 +32,7 @@ mod shared;
 mod wait;
 
 pub use command::{CommandOutput, run};
+pub use faults::Component;
 pub use identity::Identity;
 pub use namespace::TestNamespace;
 pub use plane::ControlPlane;

@@ -5,6 +5,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::Command,
+    sync::Mutex,
     time::Duration,
 };
 
@@ -38,6 +39,17 @@ pub struct ControlPlane {
     /// plane from `REPLIKA_TEST_KUBECONFIG`.
     pub(crate) layout: Layout,
     pub(crate) kubectl: Kubectl,
+    /// The processes of a plane that [`ControlPlane::start`] started in this
+    /// process, which can be stopped and started again one by one; `None` for a
+    /// plane this process only connected to.
+    pub(crate) own: Option<Mutex<OwnProcesses>>,
+}
+
+/// The processes of a plane started by this process, and the ports they listen on.
+#[derive(Debug)]
+pub(crate) struct OwnProcesses {
+    pub(crate) processes: Processes,
+    pub(crate) ports: Ports,
 }
 
 impl ControlPlane {
@@ -73,6 +85,7 @@ impl ControlPlane {
             kubectl: Kubectl::new(&bin_dir, &layout),
             bin_dir,
             layout,
+            own: Some(Mutex::new(OwnProcesses { processes, ports })),
         })
     }
 
@@ -112,6 +125,7 @@ impl ControlPlane {
             kubectl: Kubectl::new(&bin_dir, &layout),
             bin_dir,
             layout,
+            own: None,
         })
     }
 
@@ -220,7 +234,7 @@ where
     outcome.unwrap_or_else(|| Err(anyhow!("timed out after {timeout:?} waiting for {what}")))
 }
 
-async fn is_ready(client: &kube::Client) -> Result<bool> {
+pub(crate) async fn is_ready(client: &kube::Client) -> Result<bool> {
     let request = http::Request::get("/readyz").body(Vec::new())?;
     Ok(client
         .request_text(request)

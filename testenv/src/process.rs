@@ -8,6 +8,7 @@
 use std::{
     ffi::{OsStr, OsString},
     fs,
+    io::Write,
     os::unix::{ffi::OsStrExt, process::CommandExt},
     path::Path,
     process::{Child, Command, Stdio},
@@ -24,12 +25,14 @@ const LOG_TAIL_LINES: usize = 30;
 /// How long a killed process may take to disappear.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The processes of a plane being started, so a failed start can take them down.
-#[derive(Default)]
+/// The processes of a plane this process started: a failed start takes them
+/// down, and a running plane stops and restarts single ones (see [`crate::Component`]).
+#[derive(Debug, Default)]
 pub(crate) struct Processes {
     started: Vec<Started>,
 }
 
+#[derive(Debug)]
 struct Started {
     name: String,
     child: Child,
@@ -44,10 +47,42 @@ impl Processes {
         program: &Path,
         args: Vec<OsString>,
     ) -> Result<()> {
-        let name = file_name(program)?;
-        let log_path = layout.log(&name);
+        let log_path = layout.log(&file_name(program)?);
         let log = fs::File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
+        self.spawn_logging_to(log, layout, program, args)
+    }
+
+    /// Starts `program` again after [`Processes::stop`], appending to its log
+    /// (after a line that marks the restart) instead of replacing it.
+    pub(crate) fn respawn(
+        &mut self,
+        layout: &Layout,
+        program: &Path,
+        args: Vec<OsString>,
+    ) -> Result<()> {
+        let name = file_name(program)?;
+        if self.started.iter().any(|p| p.name == name) {
+            return Err(anyhow!("{name} is already running"));
+        }
+        let log_path = layout.log(&name);
+        let mut log = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        writeln!(log, "---- testenv: {name} started again ----")?;
+        self.spawn_logging_to(log, layout, program, args)
+    }
+
+    fn spawn_logging_to(
+        &mut self,
+        log: fs::File,
+        layout: &Layout,
+        program: &Path,
+        args: Vec<OsString>,
+    ) -> Result<()> {
+        let name = file_name(program)?;
         let child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
@@ -76,6 +111,25 @@ impl Processes {
             log.display(),
             log_tail(&log)
         ))
+    }
+
+    /// Kills the started process called `name` (SIGKILL), reaps it and
+    /// removes its pid file, so that only [`Processes::respawn`] brings it back.
+    pub(crate) fn stop(&mut self, layout: &Layout, name: &str) -> Result<()> {
+        let index = self
+            .started
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| anyhow!("{name} is not running"))?;
+        let mut stopped = self.started.remove(index);
+        // An error means it had exited already, which is the goal.
+        let _ = stopped.child.kill();
+        stopped
+            .child
+            .wait()
+            .with_context(|| format!("cannot reap {name}"))?;
+        let pid_file = layout.pid_file(name);
+        fs::remove_file(&pid_file).with_context(|| format!("cannot remove {}", pid_file.display()))
     }
 
     /// Kills and reaps every started process.

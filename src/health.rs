@@ -1,18 +1,21 @@
 //! The operations endpoint (plain HTTP): `/metrics`, `/healthz`, `/readyz`.
 //!
-//! Ready means: not shutting down, and every part this process runs has what
-//! it needs — the webhook its certificate and Replika cache, the engine (on
-//! the leader) its namespace and Replika caches.
+//! Ready means: not shutting down, the signing key loaded, every part this
+//! process runs has what it needs — the webhook its certificate and Replika
+//! cache, the engine (on the leader) live Replika and namespace watches — and
+//! the API server itself reports ready.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use kube::Client;
 use tracing::info;
 
 use crate::metrics::Metrics;
@@ -44,13 +47,6 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    pub fn is_ready(&self) -> bool {
-        self.webhook.get()
-            && self.engine.get()
-            && self.signing_key.get()
-            && !self.shutting_down.get()
-    }
-
     /// What is missing, for the `/readyz` body.
     fn missing(&self) -> Vec<&'static str> {
         let mut missing = Vec::new();
@@ -70,19 +66,75 @@ impl Readiness {
     }
 }
 
+/// Asks the API server whether it is ready, when `/readyz` is asked (at most
+/// once a second): with etcd down the API server keeps watches open from its
+/// cache, so the operator's own watches do not notice such an outage.
+pub struct ApiServerProbe {
+    client: Client,
+    last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl ApiServerProbe {
+    pub fn new(client: Client) -> Self {
+        ApiServerProbe {
+            client,
+            last: tokio::sync::Mutex::default(),
+        }
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if let Some((asked, answer)) = last.as_ref()
+            && asked.elapsed() < PROBE_REUSE
+        {
+            return answer.clone();
+        }
+        let answer = self.ask().await;
+        *last = Some((Instant::now(), answer.clone()));
+        answer
+    }
+
+    async fn ask(&self) -> Result<(), String> {
+        let request = axum::http::Request::get("/readyz")
+            .body(Vec::new())
+            .map_err(|error| error.to_string())?;
+        match tokio::time::timeout(PROBE_TIMEOUT, self.client.request_text(request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(format!("API server not ready: {error}")),
+            Err(_) => Err(format!(
+                "API server did not answer /readyz within {PROBE_TIMEOUT:?}"
+            )),
+        }
+    }
+}
+
+/// How long an API server answer serves later `/readyz` requests.
+const PROBE_REUSE: Duration = Duration::from_secs(1);
+/// How long the API server may take to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Clone)]
 struct Ops {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    api_server: Arc<ApiServerProbe>,
 }
 
 /// The routes of the operations endpoint.
-pub fn routes(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
+pub fn routes(
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    api_server: Arc<ApiServerProbe>,
+) -> Router {
     Router::new()
         .route("/metrics", get(export_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(Ops { metrics, readiness })
+        .with_state(Ops {
+            metrics,
+            readiness,
+            api_server,
+        })
 }
 
 async fn export_metrics(State(ops): State<Ops>) -> impl IntoResponse {
@@ -93,12 +145,23 @@ async fn export_metrics(State(ops): State<Ops>) -> impl IntoResponse {
 }
 
 async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
-    if ops.readiness.is_ready() {
+    let mut missing: Vec<String> = ops
+        .readiness
+        .missing()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    if missing.is_empty()
+        && let Err(problem) = ops.api_server.check().await
+    {
+        missing.push(problem);
+    }
+    if missing.is_empty() {
         (StatusCode::OK, "ok\n".to_string())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", ops.readiness.missing().join(", ")),
+            format!("not ready: {}\n", missing.join(", ")),
         )
     }
 }
@@ -108,11 +171,12 @@ pub async fn serve(
     bind: SocketAddr,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    api_server: Arc<ApiServerProbe>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(bind).await?;
     info!(address = %listener.local_addr()?, "operations endpoint listening (/metrics, /healthz, /readyz)");
-    axum::serve(listener, routes(metrics, readiness))
+    axum::serve(listener, routes(metrics, readiness, api_server))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -205,8 +205,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .set(!args.reconcile || args.leader_election);
     let operations = args.metrics_bind.map(|bind| {
         let (metrics, readiness, stopped) = (metrics.clone(), readiness.clone(), stopped());
+        let api_server = Arc::new(health::ApiServerProbe::new(client.clone()));
         tokio::spawn(async move {
-            if let Err(error) = health::serve(bind, metrics, readiness, stopped).await {
+            if let Err(error) = health::serve(bind, metrics, readiness, api_server, stopped).await {
                 error!(%error, "the operations endpoint failed");
             }
         })

@@ -41,9 +41,11 @@ impl LeaseSettings {
         self.duration * 2 / 3
     }
 
-    /// How often the holder renews: twice per renew deadline.
+    /// How often the holder renews: four times per renew deadline, so a slow
+    /// API server (a renewal under load can take a second) or one failed
+    /// attempt does not let the deadline lapse while the leader is healthy.
     fn renew_every(&self) -> Duration {
-        self.duration / 3
+        self.duration / 6
     }
 
     /// How often a follower looks at the Lease.

@@ -70,6 +70,34 @@ impl Fleet {
     }
 }
 
+/// Replicates the ConfigMap `source_ns/name` into the fleet, but for the
+/// namespaces ending in 7; returns the targets and the Replika's UID.
+async fn replicate_to_fleet(
+    admin: &Client,
+    fleet: &Fleet,
+    source_ns: &str,
+    name: &str,
+) -> (BTreeSet<String>, String) {
+    let (all, excluded) = (fleet.glob(""), fleet.glob("7"));
+    let targets: BTreeSet<String> = fleet
+        .names
+        .iter()
+        .filter(|ns| !ns.ends_with('7'))
+        .cloned()
+        .collect();
+    let spec = spec(
+        "ConfigMap",
+        source_ns,
+        name,
+        "30s",
+        namespaces(&[&all], &[&excluded]),
+    );
+    let replika = apply_replika(admin, source_ns, name, spec)
+        .await
+        .expect("the Replika is created");
+    (targets, replika.uid().expect("a UID"))
+}
+
 static FLEET: tokio::sync::OnceCell<Fleet> = tokio::sync::OnceCell::const_new();
 
 /// The fleet, created on first use, 16 namespaces at a time.
@@ -947,12 +975,20 @@ async fn watches_recover_from_api_server_and_etcd_outages() {
             seen.healthz_failures, 0,
             "/healthz failed during the {component:?} outage: {seen:?}"
         );
-        assert_eq!(
-            status_of(&operator, "/readyz").await,
-            Some(200),
-            "/readyz after the {component:?} outage"
-        );
     }
+    // Ready again once the API server is (its own /readyz may trail etcd's return).
+    converge(
+        "/readyz to answer 200 after the outages",
+        DEADLINE,
+        &[&operator],
+        || async {
+            match status_of(&operator, "/readyz").await {
+                Some(200) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     // Issue 7: `/readyz` reflects the outage.
     let unnoticed: Vec<_> = outages
         .iter()
@@ -1025,24 +1061,7 @@ async fn failover_mid_fan_out(signal: &str, how: &str, lease: Duration, handover
     )
     .await;
 
-    let (all, excluded) = (fleet.glob(""), fleet.glob("7"));
-    let targets: BTreeSet<String> = fleet
-        .names
-        .iter()
-        .filter(|ns| !ns.ends_with('7'))
-        .cloned()
-        .collect();
-    let spec = spec(
-        "ConfigMap",
-        &source_ns,
-        name,
-        "30s",
-        namespaces(&[&all], &[&excluded]),
-    );
-    let replika = apply_replika(&admin, &source_ns, name, spec)
-        .await
-        .expect("the Replika is created");
-    let uid = replika.uid().expect("a UID");
+    let (targets, uid) = replicate_to_fleet(&admin, fleet, &source_ns, name).await;
     when_owned(&admin, name, &uid, |owned| owned >= targets.len() / 3).await;
     let follower_writes_before = all_copy_writes(&follower).await;
     leader.process.signal(signal);
@@ -1173,24 +1192,7 @@ async fn a_leader_paused_mid_fan_out_writes_nothing_once_a_follower_took_over() 
         "paused-b",
         &leader_election(b, LEASE).each_ref().map(String::as_str),
     );
-    let (all, excluded) = (fleet.glob(""), fleet.glob("7"));
-    let targets: BTreeSet<String> = fleet
-        .names
-        .iter()
-        .filter(|ns| !ns.ends_with('7'))
-        .cloned()
-        .collect();
-    let spec = spec(
-        "ConfigMap",
-        &source_ns,
-        name,
-        "30s",
-        namespaces(&[&all], &[&excluded]),
-    );
-    let replika = apply_replika(&admin, &source_ns, name, spec)
-        .await
-        .expect("the Replika is created");
-    let uid = replika.uid().expect("a UID");
+    let (targets, uid) = replicate_to_fleet(&admin, fleet, &source_ns, name).await;
 
     // The leader stops in the middle of its fan-out (a long pause, or a
     // partition), and the follower takes over and finishes.

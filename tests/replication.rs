@@ -604,16 +604,7 @@ async fn secrets_are_copied_with_their_type_but_service_account_tokens_never() {
         &list_targets(&[&target]),
         "{}",
     ));
-    let replika = wait_for_condition(
-        &client,
-        &src,
-        "token",
-        "Ready",
-        "False",
-        "SourceNotCopyable",
-    )
-    .await;
-    let message = &replika.status.expect("status").conditions[0].message;
+    let message = wait_until_blocked(&client, &src, "token", "SourceNotCopyable").await;
     assert!(message.contains("service-account-token"), "{message}");
     assert!(copies.get_opt("sa-token").await.expect("reading").is_none());
 }
@@ -669,8 +660,7 @@ spec:
     namespaces: {{matchAll: false, replicateIn: [{target}]}}
 "##
     ));
-    let blocked = wait_for_condition(&client, &src, "alerts", "Ready", "False", "Forbidden").await;
-    let message = &blocked.status.expect("status").conditions[0].message;
+    let message = wait_until_blocked(&client, &src, "alerts", "Forbidden").await;
     assert!(message.contains("AlertConfig"), "{message}");
 
     // The additive ClusterRole the README documents, for this kind.
@@ -726,8 +716,7 @@ spec:
     namespaces: {{matchAll: false, replicateIn: [Not_A_Namespace]}}
 "#
     ));
-    let replika = wait_for_condition(&client, &src, "broken", "Ready", "False", "Invalid").await;
-    let message = &replika.status.expect("status").conditions[0].message;
+    let message = wait_until_blocked(&client, &src, "broken", "Invalid").await;
     assert!(
         message.contains("spec.synchronization.time: \"banana\""),
         "{message}"
@@ -770,16 +759,7 @@ async fn a_replika_that_bypassed_admission_copies_nothing() {
             &format!("  namespace: {src}\n  annotations:\n    replika.prosimcorp.com/author: '{{\"username\":\"system:admin\"}}'\n    replika.prosimcorp.com/author-signature: v1:00\n"),
         );
     h.kubectl_apply(&forged);
-    let replika = wait_for_condition(
-        &client,
-        &src,
-        "settings",
-        "Ready",
-        "False",
-        "AuthorUnverified",
-    )
-    .await;
-    let message = &replika.status.expect("status").conditions[0].message;
+    let message = wait_until_blocked(&client, &src, "settings", "AuthorUnverified").await;
     assert!(
         message.contains("was changed without Replika's webhook"),
         "{message}"
@@ -849,16 +829,7 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: carol}}]
         )
         .await
         .expect("updating the source");
-    let replika = wait_for_condition(
-        &client,
-        &src,
-        "settings",
-        "Ready",
-        "False",
-        "AuthorNotAuthorized",
-    )
-    .await;
-    let message = &replika.status.expect("status").conditions[0].message;
+    let message = wait_until_blocked(&client, &src, "settings", "AuthorNotAuthorized").await;
     assert!(
         message.contains("carol may not get configmaps \"settings\""),
         "{message}"

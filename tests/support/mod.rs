@@ -520,6 +520,21 @@ pub async fn wait_for_condition(
     }
 }
 
+/// Waits until the Replika is not Ready for `reason`, and returns the condition's message.
+pub async fn wait_until_blocked(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+) -> String {
+    let replika = wait_for_condition(client, namespace, name, "Ready", "False", reason).await;
+    replika
+        .status
+        .and_then(|status| status.conditions.into_iter().find(|c| c.type_ == "Ready"))
+        .map(|condition| condition.message)
+        .unwrap_or_default()
+}
+
 /// Deletes the Replika and waits until it is gone (its finalizer has run).
 pub async fn delete_replika(client: &Client, namespace: &str, name: &str) {
     let api = Api::<Replika>::namespaced(client.clone(), namespace);

@@ -858,8 +858,7 @@ fn cert_manager_overlay_end_to_end() {
     };
 
     // Self-signed Issuer -> CA Certificate -> CA Issuer -> serving Certificate.
-    let ready = run(plane.kubectl().args([
-        "wait",
+    let ready = plane.kubectl_wait(&[
         "--namespace=replika",
         "--for=condition=Ready",
         "--timeout=60s",
@@ -867,7 +866,7 @@ fn cert_manager_overlay_end_to_end() {
         "certificate/replika-ca",
         "issuer/replika-ca",
         "certificate/replika-webhook",
-    ]));
+    ]);
     assert!(
         ready.status_ok,
         "cert-manager did not issue: {ready:?}{}",
@@ -926,13 +925,12 @@ fn cert_manager_overlay_end_to_end() {
     // The API server calls the webhooks, through a certificate of the same chain.
     remove_webhooks(plane);
     apply_server_side_stdin(plane, LOCAL_CERTIFICATE, "a certificate for 127.0.0.1");
-    let ready = run(plane.kubectl().args([
-        "wait",
+    let ready = plane.kubectl_wait(&[
         "--namespace=replika",
         "--for=condition=Ready",
         "--timeout=60s",
         "certificate/replika-webhook-e2e",
-    ]));
+    ]);
     assert!(ready.status_ok, "{ready:?}{}", logs());
     let local = secret_data(plane, "replika-webhook-e2e-tls");
     write_tls(&tls_dir, &local);
@@ -1380,10 +1378,10 @@ fn install_prometheus_operator_crds(plane: &ControlPlane) {
 }
 
 fn wait_established(plane: &ControlPlane, crds: &[&str]) {
-    let mut command = plane.kubectl();
-    command.args(["wait", "--for=condition=Established", "--timeout=60s"]);
-    command.args(crds.iter().map(|crd| format!("crd/{crd}")));
-    let waited = run(&mut command);
+    let mut args = vec!["--for=condition=Established", "--timeout=60s"];
+    let crd_names: Vec<String> = crds.iter().map(|crd| format!("crd/{crd}")).collect();
+    args.extend(crd_names.iter().map(String::as_str));
+    let waited = plane.kubectl_wait(&args);
     assert!(
         waited.status_ok,
         "CRDs {crds:?} not established: {waited:?}"

@@ -168,14 +168,13 @@ async fn source_changes_propagate_and_edited_copies_are_restored() {
     for ns in [&t1, &t2] {
         wait_for_copy(&client, ns, "app-config", &[("a", "1"), ("b", "2")]).await;
     }
-    let waited = run(h.plane.kubectl().args([
-        "wait",
+    let waited = h.plane.kubectl_wait(&[
         "--for=condition=Ready",
         "--timeout=30s",
         "-n",
         &src,
         "replika/app",
-    ]));
+    ]);
     assert!(
         waited.status_ok,
         "kubectl wait failed: {}\n{}",
@@ -634,12 +633,11 @@ spec:
           spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
 "#,
     );
-    let established = run(h.plane.kubectl().args([
-        "wait",
+    let established = h.plane.kubectl_wait(&[
         "--for=condition=Established",
         "--timeout=30s",
         "crd/alertconfigs.monitoring.replika.test",
-    ]));
+    ]);
     assert!(established.status_ok, "{}", established.stderr);
     let src = namespace(&client, "crd-src").await;
     let target = namespace(&client, "crd-target").await;

@@ -144,6 +144,21 @@ impl ControlPlane {
         self.kubectl.command(&self.kubeconfig)
     }
 
+    /// `kubectl wait <args>` as admin, asked again until it succeeds or a
+    /// minute has passed: kubectl fails at once, instead of waiting, on an
+    /// object whose status has no conditions yet (a CRD or Certificate just
+    /// created). Returns the last answer.
+    pub fn kubectl_wait(&self, args: &[&str]) -> crate::CommandOutput {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let waited = crate::run(self.kubectl().arg("wait").args(args));
+            if waited.status_ok || std::time::Instant::now() >= deadline {
+                return waited;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// A new admin client. Each `#[tokio::test]` has its own runtime, and a
     /// client must not outlive the runtime it was made in, so there is no
     /// shared one.

@@ -260,12 +260,11 @@ fn install_deploy_base(plane: &ControlPlane) {
         "kubectl apply -k deploy/base failed: {}",
         applied.stderr
     );
-    let established = run(plane.kubectl().args([
-        "wait",
+    let established = plane.kubectl_wait(&[
         "--for=condition=Established",
         "--timeout=60s",
         "crd/replikas.replika.prosimcorp.com",
-    ]));
+    ]);
     assert!(
         established.status_ok,
         "the Replika CRD was not established: {}",

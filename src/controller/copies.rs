@@ -126,8 +126,8 @@ impl CopyWriter<'_> {
 
     /// Brings `existing`, a copy we own, in line with `template`, writing only what differs.
     pub async fn sync_owned(&self, existing: &CopyMeta, template: &CopyTemplate) -> Outcome {
-        if let Err(error) = self.may_write() {
-            return Outcome::Failed(describe(&error));
+        if !self.leadership.is_valid() {
+            return Outcome::Failed(NotLeading.to_string());
         }
         let namespace = existing.namespace().unwrap_or_default();
         let mut upgraded = false;
@@ -183,8 +183,8 @@ impl CopyWriter<'_> {
 
     /// Creates the copy in `namespace`; an object already there is reported as a conflict.
     pub async fn create(&self, namespace: &str, template: &CopyTemplate) -> Outcome {
-        if let Err(error) = self.may_write() {
-            return Outcome::Failed(describe(&error));
+        if !self.leadership.is_valid() {
+            return Outcome::Failed(NotLeading.to_string());
         }
         let body = template.for_namespace(namespace);
         let object: DynamicObject = match serde_json::from_value(body) {
@@ -237,8 +237,8 @@ impl CopyWriter<'_> {
     /// Applies `template` over `existing` (ours, or one being adopted), replacing it
     /// when it is immutable and its content changed.
     pub async fn update(&self, existing: &CopyMeta, template: &CopyTemplate) -> Outcome {
-        if let Err(error) = self.may_write() {
-            return Outcome::Failed(describe(&error));
+        if !self.leadership.is_valid() {
+            return Outcome::Failed(NotLeading.to_string());
         }
         let namespace = existing.namespace().unwrap_or_default();
         let uid = existing.uid().unwrap_or_default();

@@ -14,7 +14,7 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use tracing::{info, warn};
 
-use super::copies::{CopyWriter, Outcome, describe};
+use super::copies::{CopyWriter, NotLeading, Outcome, describe};
 use super::kinds::{KindError, ServedKind, display};
 use super::status::{Blocked, PassResult, next_status, publish};
 use super::watches::{CopyCacheKey, CopyMeta, WatchView};
@@ -183,6 +183,15 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         .await
         .removed;
 
+    // Writes refused for lack of leadership (however briefly) say nothing about
+    // the copies: report nothing, and try again shortly.
+    let refused = NotLeading.to_string();
+    if outcomes
+        .values()
+        .any(|outcome| matches!(outcome, Outcome::Failed(message) if *message == refused))
+    {
+        return Ok(Action::requeue(RETRY_BLOCKED));
+    }
     let synced = outcomes.values().filter(|o| o.is_synced()).count();
     ctx.record_synced(&owner.uid, Some(u32::try_from(synced).unwrap_or(u32::MAX)));
     let result = PassResult::Replicated {

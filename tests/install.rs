@@ -101,6 +101,10 @@ const MANAGER_NEEDS: &[Need] = &[
     // `Watches::copies` (a metadata watch of same-named objects in all namespaces).
     need("", "secrets", &["list", "watch"]),
     need("", "configmaps", &["list", "watch"]),
+    // src/controller/copies.rs `CopyWriter::read` and `verify`: a copy found
+    // at a version this process did not write, or in the way of a create.
+    need("", "secrets", &["get"]),
+    need("", "configmaps", &["get"]),
     // src/controller/copies.rs `CopyWriter::create` (POST, never overwrites);
     // src/authorization.rs `Authorizer::load` creates the signing key Secret.
     need("", "secrets", &["create"]),
@@ -367,10 +371,9 @@ fn rbac_as_installed_allows_the_needs_and_nothing_near_them() {
         "system:basic-user should let the operator create SelfSubjectReviews"
     );
     let denied = [
-        ("get", "secrets", "team-a"),
         ("update", "secrets", "team-a"),
         ("deletecollection", "secrets", "team-a"),
-        ("get", "secrets/other-secret", "replika"),
+        ("update", "secrets/other-secret", "replika"),
         ("update", "configmaps", "team-a"),
         ("create", "pods", "team-a"),
         ("update", "replikas.replika.prosimcorp.com", "team-a"),

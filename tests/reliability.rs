@@ -1114,8 +1114,23 @@ async fn failover_mid_fan_out(signal: &str, how: &str, lease: Duration, handover
         &[&follower],
     )
     .await;
-    // The new leader made only copies that were missing, and rewrote none.
+    // Its first pass is over once it counts every copy as in sync.
+    converge(
+        "the new leader to finish its pass",
+        DEADLINE,
+        &[&follower],
+        || async {
+            match try_metric(&follower, "replika_copies_managed").await {
+                Some(managed) if managed == f64::from(desired) => Ok(()),
+                other => Err(format!("replika_copies_managed={other:?}")),
+            }
+        },
+    )
+    .await;
+    // The new leader made only copies that were missing, and rewrote none:
+    // those it did not write itself it read, and found right.
     let written = all_copy_writes(&follower).await;
+    println!("{how}: the new leader wrote {written:?}");
     assert!(
         written["create"] as usize <= targets.len() - at_exit,
         "the new leader created {} copies, {at_exit} of {} existed",
@@ -1140,7 +1155,8 @@ async fn all_copy_writes(operator: &Operator) -> BTreeMap<&'static str, f64> {
 }
 
 /// Notes the `Ready` condition of every state the Replika `namespace/name` is
-/// written in, as `status reason (synced/desired)`, into `seen`.
+/// written in, as `status reason (synced/desired)` followed by the failures
+/// it lists, if any, into `seen`.
 async fn note_readiness(
     client: Client,
     namespace: String,
@@ -1157,12 +1173,24 @@ async fn note_readiness(
         let ready = ready_condition(&replika).map(|c| format!("{} {}", c.status, c.reason));
         let counts = replika
             .status
-            .and_then(|s| s.targets)
+            .as_ref()
+            .and_then(|s| s.targets.as_ref())
             .map(|t| format!("{}/{}", t.synced, t.desired));
+        let failures: Vec<String> = replika
+            .status
+            .iter()
+            .flat_map(|s| &s.failures)
+            .map(|f| format!("{}: {} {}", f.namespace, f.reason, f.message))
+            .collect();
         let state = format!(
-            "{} ({})",
+            "{} ({}){}",
             ready.unwrap_or_default(),
-            counts.unwrap_or_default()
+            counts.unwrap_or_default(),
+            if failures.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", failures.join("; "))
+            }
         );
         let mut seen = seen.lock().expect("not poisoned");
         if seen.last() != Some(&state) {
@@ -1170,6 +1198,10 @@ async fn note_readiness(
         }
     }
 }
+
+/// The paused leader's `--max-parallel-writes`: how many of its writes can be
+/// in flight when it is paused.
+const PAUSED_IN_FLIGHT: usize = 8;
 
 #[tokio::test]
 async fn a_leader_paused_mid_fan_out_writes_nothing_once_a_follower_took_over() {
@@ -1182,7 +1214,7 @@ async fn a_leader_paused_mid_fan_out_writes_nothing_once_a_follower_took_over() 
     create_configmap(&admin, &source_ns, name, &[("key", "value")]).await;
     let (a, b) = ("replika-paused-a", "replika-paused-b");
     let mut args = leader_election(a, LEASE).to_vec();
-    args.push("--max-parallel-writes=8".to_string());
+    args.push(format!("--max-parallel-writes={PAUSED_IN_FLIGHT}"));
     let leader = start(
         "paused-a",
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -1262,11 +1294,13 @@ async fn a_leader_paused_mid_fan_out_writes_nothing_once_a_follower_took_over() 
     assert_eq!(
         seen,
         [format!("True AllTargetsSynced ({desired}/{desired})")],
-        "the Replika's readiness as written after the old leader woke up\n{}",
-        leader.process.log_tail()
+        "the Replika's readiness as written after the old leader woke up\nold leader: {}\nfollower: {}",
+        leader.process.log_tail(),
+        follower.process.log_tail()
     );
+    // Creates sent before the pause may land after the count was taken.
     assert!(
-        written["create"] as usize <= at_pause
+        written["create"] as usize <= at_pause + PAUSED_IN_FLIGHT
             && written["update"] + written["replace"] + written["delete"] == 0.0,
         "the old leader wrote copies after it woke up: {written:?}, {at_pause} copies made when it paused"
     );

@@ -670,7 +670,7 @@ metadata: {name: replika-alertconfigs}
 rules:
 - apiGroups: [monitoring.replika.test]
   resources: [alertconfigs]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding

@@ -4,25 +4,29 @@
 //! touch an object that appeared meanwhile; every later write is a forced
 //! server-side apply carrying the copy's UID as a precondition, so it only ever
 //! lands on the object Replika created. A create records our field ownership as
-//! an `Update`, under which server-side apply would never remove a key; so the
-//! next pass turns that entry into an `Apply` one (what kubectl does when it
-//! upgrades client-side-applied objects), and from then on a key removed from
-//! the source is removed from every copy.
+//! an `Update`, under which server-side apply would never remove a key; so once
+//! a pass has made all its copies it turns those entries into `Apply` ones (what
+//! kubectl does when it upgrades client-side-applied objects), and from then on
+//! a key removed from the source is removed from every copy. A copy whose
+//! upgrade failed is upgraded by the next pass that looks at it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use futures::{StreamExt, stream};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
 };
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use tracing::debug;
 
 use super::MANAGER;
-use super::watches::CopyMeta;
+use super::copy_index::{CopyRecord, create_entry_index};
 use crate::api::{
-    ANNOTATION_CONTENT_HASH, ANNOTATION_OWNER, ANNOTATION_OWNER_UID, CREATED_BY_VALUE,
-    LABEL_CREATED_BY, LABEL_PART_OF,
+    ANNOTATION_CONTENT_HASH, ANNOTATION_OWNER, ANNOTATION_OWNER_UID, LABEL_CREATED_BY,
+    LABEL_PART_OF,
 };
 use crate::domain::copy::CopyTemplate;
 use crate::leader::Leadership;
@@ -53,10 +57,20 @@ impl Outcome {
 /// Resource versions of copies as we last wrote them, by (Replika UID, namespace).
 /// A copy whose resource version moved on was changed by someone else and is re-applied.
 #[derive(Default)]
-pub struct WrittenVersions(Mutex<HashMap<(String, String), String>>);
+pub struct WrittenVersions(Mutex<HashMap<(String, String), Written>>);
+
+/// What our last writes to one copy left behind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Written {
+    /// The resource version of our latest write.
+    latest: String,
+    /// The version our create left, when our ownership upgrade (which changes
+    /// no content) followed it: its watch echo may still be on the way.
+    created: Option<String>,
+}
 
 impl WrittenVersions {
-    fn get(&self, owner_uid: &str, namespace: &str) -> Option<String> {
+    fn get(&self, owner_uid: &str, namespace: &str) -> Option<Written> {
         self.lock()
             .get(&(owner_uid.to_string(), namespace.to_string()))
             .cloned()
@@ -65,21 +79,44 @@ impl WrittenVersions {
     fn set(&self, owner_uid: &str, namespace: &str, resource_version: Option<String>) {
         let key = (owner_uid.to_string(), namespace.to_string());
         match resource_version {
-            Some(version) => self.lock().insert(key, version),
+            Some(latest) => self.lock().insert(
+                key,
+                Written {
+                    latest,
+                    created: None,
+                },
+            ),
             None => self.lock().remove(&key),
         };
     }
 
-    /// Whether `copy` is exactly as the engine last wrote it (by owner and namespace).
-    pub fn is_own_write(&self, copy: &CopyMeta) -> bool {
+    /// Records the ownership upgrade of a copy we created at `created`.
+    fn upgraded(&self, owner_uid: &str, namespace: &str, created: &str, upgraded: Option<String>) {
+        let key = (owner_uid.to_string(), namespace.to_string());
+        let mut versions = self.lock();
+        match (versions.get_mut(&key), upgraded) {
+            (Some(written), Some(upgraded)) if written.latest == created => {
+                written.created = Some(std::mem::replace(&mut written.latest, upgraded));
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether an object is exactly as the engine's own writes left it (by owner and namespace).
+    pub fn is_own_write(&self, metadata: &ObjectMeta) -> bool {
         let (Some(owner_uid), Some(namespace), Some(version)) = (
-            copy.annotations().get(ANNOTATION_OWNER_UID),
-            copy.metadata.namespace.as_deref(),
-            copy.metadata.resource_version.as_deref(),
+            metadata
+                .annotations
+                .as_ref()
+                .and_then(|annotations| annotations.get(ANNOTATION_OWNER_UID)),
+            metadata.namespace.as_deref(),
+            metadata.resource_version.as_deref(),
         ) else {
             return false;
         };
-        self.get(owner_uid, namespace).as_deref() == Some(version)
+        self.get(owner_uid, namespace).is_some_and(|written| {
+            written.latest == version || written.created.as_deref() == Some(version)
+        })
     }
 
     /// Drops everything remembered for one Replika.
@@ -87,11 +124,28 @@ impl WrittenVersions {
         self.lock().retain(|(uid, _), _| uid != owner_uid);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Written>> {
+        lock(&self.0)
     }
+}
+
+/// A copy this pass created: its field ownership is still the create's
+/// `Update` entry, at `index` among its managed fields.
+pub struct CreatedCopy {
+    namespace: String,
+    name: String,
+    uid: Option<String>,
+    resource_version: String,
+    index: usize,
+}
+
+/// Why a write found no copy: the next pass creates it.
+const COPY_DELETED: &str = "the copy was deleted while it was written";
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Why a write was refused: the leader Lease is no longer this process's.
@@ -108,6 +162,8 @@ pub struct CopyWriter<'a> {
     pub owner_uid: &'a str,
     pub written: &'a WrittenVersions,
     pub metrics: &'a Metrics,
+    /// Copies created by this writer whose ownership is not upgraded yet.
+    pub created: Mutex<Vec<CreatedCopy>>,
 }
 
 impl CopyWriter<'_> {
@@ -125,45 +181,137 @@ impl CopyWriter<'_> {
     }
 
     /// Brings `existing`, a copy we own, in line with `template`, writing only what differs.
-    pub async fn sync_owned(&self, existing: &CopyMeta, template: &CopyTemplate) -> Outcome {
+    pub async fn sync_owned(&self, existing: &CopyRecord, template: &CopyTemplate) -> Outcome {
+        self.sync_owned_as_seen(existing, template, true).await
+    }
+
+    /// [`Self::sync_owned`]. When `may_read` and the cache cannot tell (the copy
+    /// is at a version we did not write, or the cache proves out of date), the
+    /// copy is read once rather than written blindly.
+    async fn sync_owned_as_seen(
+        &self,
+        existing: &CopyRecord,
+        template: &CopyTemplate,
+        may_read: bool,
+    ) -> Outcome {
         if !self.leadership.is_valid() {
             return Outcome::Failed(NotLeading.to_string());
         }
-        let namespace = existing.namespace().unwrap_or_default();
-        let mut upgraded = false;
-        if let Some(index) = create_entry_index(existing) {
-            match self.upgrade_ownership(existing, index).await {
-                Ok(version) => {
-                    self.written.set(self.owner_uid, &namespace, version);
-                    upgraded = true;
+        let namespace = &existing.namespace;
+        let written = self
+            .written
+            .get(self.owner_uid, namespace)
+            .unwrap_or_default();
+        let version = &existing.resource_version;
+        // A cache still showing our create, though we upgraded it since.
+        let superseded = written.created.as_ref() == Some(version);
+        let untouched = superseded || written.latest == *version;
+        let marked_current =
+            existing.marks.content_hash.as_deref() == Some(template.content_hash());
+        if marked_current && !untouched && may_read {
+            // Marked current, at a version someone else wrote (a previous
+            // leader, or a hand edit): look before writing.
+            return self.verify(existing, template).await;
+        }
+        let mut current = existing.clone();
+        if !superseded && let Some(index) = existing.create_entry {
+            let copy = CreatedCopy {
+                namespace: namespace.clone(),
+                name: existing.name.clone(),
+                uid: Some(existing.uid.clone()),
+                resource_version: version.clone(),
+                index,
+            };
+            match self.upgrade_ownership(&copy).await {
+                Ok(upgraded) => {
+                    if untouched {
+                        self.written
+                            .set(self.owner_uid, namespace, upgraded.clone());
+                    }
+                    current.resource_version = upgraded.unwrap_or_default();
+                }
+                // Our cache may lag behind the copy: look at it as it is now.
+                Err(kube::Error::Api(_)) if may_read => {
+                    return match self.read(namespace, &existing.name).await {
+                        Ok(Some(now)) => {
+                            Box::pin(self.sync_owned_as_seen(&now, template, false)).await
+                        }
+                        Ok(None) => Outcome::Failed(COPY_DELETED.into()),
+                        Err(error) => Outcome::Failed(describe(&error)),
+                    };
                 }
                 Err(error) => return Outcome::Failed(describe(&error)),
             }
         }
-        let hash_matches = existing
-            .annotations()
-            .get(ANNOTATION_CONTENT_HASH)
-            .map(String::as_str)
-            == Some(template.content_hash());
-        let untouched =
-            upgraded || self.written.get(self.owner_uid, &namespace) == existing.resource_version();
-        if hash_matches && untouched {
+        if untouched && marked_current {
             Outcome::InSync
         } else {
-            self.update(existing, template).await
+            self.update(&current, template).await
         }
     }
 
-    /// Turns our `Update` field-ownership entry at `index` into an `Apply` one.
+    /// Reads the whole of `existing`: a copy that holds the template is
+    /// recorded as ours at its version, and only written if its field
+    /// ownership still needs the upgrade; any other is applied.
+    async fn verify(&self, existing: &CopyRecord, template: &CopyTemplate) -> Outcome {
+        let namespace = &existing.namespace;
+        let object = match self.api(namespace).get_opt(&existing.name).await {
+            Ok(Some(object)) => object,
+            Ok(None) => return Outcome::Failed(COPY_DELETED.into()),
+            Err(error) => return Outcome::Failed(describe(&error)),
+        };
+        let now = CopyRecord::from_metadata(&object.metadata);
+        let body = serde_json::to_value(&object).unwrap_or_default();
+        if template.is_held_by(&body, namespace) {
+            self.written.set(
+                self.owner_uid,
+                namespace,
+                Some(now.resource_version.clone()),
+            );
+        }
+        Box::pin(self.sync_owned_as_seen(&now, template, false)).await
+    }
+
+    /// The copy in `namespace` as it is now, if there is one.
+    async fn read(&self, namespace: &str, name: &str) -> Result<Option<CopyRecord>, kube::Error> {
+        let found = self.api(namespace).get_metadata_opt(name).await?;
+        Ok(found.map(|object| CopyRecord::from_metadata(&object.metadata)))
+    }
+
+    /// Upgrades the ownership of every copy this writer created, `parallel`
+    /// at a time, so later applies can remove keys and no later pass has to.
+    /// A copy that fails keeps its `Update` entry for the next pass to upgrade.
+    pub async fn upgrade_created(&self, parallel: usize) {
+        let created = std::mem::take(&mut *lock(&self.created));
+        stream::iter(created)
+            .for_each_concurrent(parallel, |copy| async move {
+                if !self.leadership.is_valid() {
+                    return;
+                }
+                match self.upgrade_ownership(&copy).await {
+                    Ok(upgraded) => self.written.upgraded(
+                        self.owner_uid,
+                        &copy.namespace,
+                        &copy.resource_version,
+                        upgraded,
+                    ),
+                    Err(error) => debug!(
+                        namespace = %copy.namespace,
+                        error = %describe(&error),
+                        "could not upgrade a new copy's field ownership; the next pass does"
+                    ),
+                }
+            })
+            .await;
+    }
+
+    /// Turns our `Update` field-ownership entry of `copy` into an `Apply` one.
     /// The `test` operations make it fail rather than edit an entry that moved.
-    async fn upgrade_ownership(
-        &self,
-        existing: &CopyMeta,
-        index: usize,
-    ) -> Result<Option<String>, kube::Error> {
-        let entry = format!("/metadata/managedFields/{index}");
+    async fn upgrade_ownership(&self, copy: &CreatedCopy) -> Result<Option<String>, kube::Error> {
+        self.may_write()?;
+        let entry = format!("/metadata/managedFields/{}", copy.index);
         let patch: json_patch::Patch = serde_json::from_value(json!([
-            {"op": "test", "path": "/metadata/uid", "value": existing.uid()},
+            {"op": "test", "path": "/metadata/uid", "value": copy.uid},
             {"op": "test", "path": format!("{entry}/manager"), "value": MANAGER},
             {"op": "test", "path": format!("{entry}/operation"), "value": "Update"},
             {"op": "replace", "path": format!("{entry}/operation"), "value": "Apply"},
@@ -173,10 +321,9 @@ impl CopyWriter<'_> {
             field_manager: Some(MANAGER.into()),
             ..Default::default()
         };
-        let namespace = existing.namespace().unwrap_or_default();
         let patched = self
-            .api(&namespace)
-            .patch(&existing.name_any(), &params, &Patch::<()>::Json(patch))
+            .api(&copy.namespace)
+            .patch(&copy.name, &params, &Patch::<()>::Json(patch))
             .await?;
         Ok(patched.resource_version())
     }
@@ -197,8 +344,19 @@ impl CopyWriter<'_> {
         };
         match self.api(namespace).create(&params, &object).await {
             Ok(created) => {
-                self.written
-                    .set(self.owner_uid, namespace, created.resource_version());
+                let version = created.resource_version();
+                if let (Some(index), Some(version)) =
+                    (create_entry_index(&created.metadata), version.clone())
+                {
+                    lock(&self.created).push(CreatedCopy {
+                        namespace: namespace.to_string(),
+                        name: created.name_any(),
+                        uid: created.uid(),
+                        resource_version: version,
+                        index,
+                    });
+                }
+                self.written.set(self.owner_uid, namespace, version);
                 self.metrics.observe_write(CopyOperation::Create);
                 Outcome::Created
             }
@@ -213,19 +371,14 @@ impl CopyWriter<'_> {
     /// The object a create found in the way: our own copy (the cache had not
     /// seen it yet) is brought in line; anyone else's is a conflict.
     async fn sync_existing(&self, namespace: &str, name: &str, template: &CopyTemplate) -> Outcome {
-        let existing = match self.api(namespace).get_metadata_opt(name).await {
+        let existing = match self.read(namespace, name).await {
             Ok(Some(existing)) => existing,
             // Gone again already: the next pass creates it.
-            Ok(None) => return Outcome::Failed("the copy was deleted while it was created".into()),
+            Ok(None) => return Outcome::Failed(COPY_DELETED.into()),
             Err(error) => return Outcome::Failed(describe(&error)),
         };
-        let ours = existing.labels().get(LABEL_CREATED_BY).map(String::as_str)
-            == Some(CREATED_BY_VALUE)
-            && existing
-                .annotations()
-                .get(ANNOTATION_OWNER_UID)
-                .map(String::as_str)
-                == Some(self.owner_uid);
+        let ours = existing.marks.created_by_replika
+            && existing.marks.owner_uid.as_deref() == Some(self.owner_uid);
         if ours {
             // Boxed: syncing may replace the copy, which creates it again.
             Box::pin(self.sync_owned(&existing, template)).await
@@ -235,27 +388,32 @@ impl CopyWriter<'_> {
     }
 
     /// Applies `template` over `existing` (ours, or one being adopted), replacing it
-    /// when it is immutable and its content changed.
-    pub async fn update(&self, existing: &CopyMeta, template: &CopyTemplate) -> Outcome {
+    /// when it is immutable and its content changed. An apply that changed
+    /// nothing (the copy was right, we just did not know it) is no write.
+    pub async fn update(&self, existing: &CopyRecord, template: &CopyTemplate) -> Outcome {
         if !self.leadership.is_valid() {
             return Outcome::Failed(NotLeading.to_string());
         }
-        let namespace = existing.namespace().unwrap_or_default();
-        let uid = existing.uid().unwrap_or_default();
-        let mut body = template.for_namespace(&namespace);
+        let namespace = &existing.namespace;
+        let mut body = template.for_namespace(namespace);
         // The UID makes the apply fail instead of landing on a same-named newcomer.
-        body["metadata"]["uid"] = Value::String(uid.clone());
+        body["metadata"]["uid"] = Value::String(existing.uid.clone());
         let params = PatchParams::apply(MANAGER).force();
         match self
-            .api(&namespace)
-            .patch(&existing.name_any(), &params, &Patch::Apply(&body))
+            .api(namespace)
+            .patch(&existing.name, &params, &Patch::Apply(&body))
             .await
         {
             Ok(applied) => {
-                self.written
-                    .set(self.owner_uid, &namespace, applied.resource_version());
-                self.metrics.observe_write(CopyOperation::Update);
-                Outcome::Updated
+                let version = applied.resource_version();
+                let changed = version.as_ref() != Some(&existing.resource_version);
+                self.written.set(self.owner_uid, namespace, version);
+                if changed {
+                    self.metrics.observe_write(CopyOperation::Update);
+                    Outcome::Updated
+                } else {
+                    Outcome::InSync
+                }
             }
             Err(kube::Error::Api(status))
                 if status.is_invalid() && status.message.contains("immutable") =>
@@ -266,10 +424,9 @@ impl CopyWriter<'_> {
         }
     }
 
-    async fn replace(&self, existing: &CopyMeta, template: &CopyTemplate) -> Outcome {
-        let namespace = existing.namespace().unwrap_or_default();
+    async fn replace(&self, existing: &CopyRecord, template: &CopyTemplate) -> Outcome {
         match self.delete(existing).await {
-            Ok(()) => match self.create(&namespace, template).await {
+            Ok(()) => match self.create(&existing.namespace, template).await {
                 Outcome::Created => {
                     self.metrics.observe_write(CopyOperation::Replace);
                     Outcome::Replaced
@@ -281,22 +438,18 @@ impl CopyWriter<'_> {
     }
 
     /// Deletes `existing`, only if it is still the object we saw.
-    pub async fn delete(&self, existing: &CopyMeta) -> Result<(), kube::Error> {
+    pub async fn delete(&self, existing: &CopyRecord) -> Result<(), kube::Error> {
         self.may_write()?;
-        let namespace = existing.namespace().unwrap_or_default();
+        let namespace = &existing.namespace;
         let params = DeleteParams {
             preconditions: Some(Preconditions {
-                uid: existing.uid(),
+                uid: Some(existing.uid.clone()),
                 resource_version: None,
             }),
             ..Default::default()
         };
-        self.written.set(self.owner_uid, &namespace, None);
-        match self
-            .api(&namespace)
-            .delete(&existing.name_any(), &params)
-            .await
-        {
+        self.written.set(self.owner_uid, namespace, None);
+        match self.api(namespace).delete(&existing.name, &params).await {
             Ok(_) => {
                 self.metrics.observe_write(CopyOperation::Delete);
                 Ok(())
@@ -307,12 +460,12 @@ impl CopyWriter<'_> {
     }
 
     /// Leaves `existing` in place without Replika's marks, so nothing manages it any more.
-    pub async fn release(&self, existing: &CopyMeta) -> Result<(), kube::Error> {
+    pub async fn release(&self, existing: &CopyRecord) -> Result<(), kube::Error> {
         self.may_write()?;
-        let namespace = existing.namespace().unwrap_or_default();
+        let namespace = &existing.namespace;
         let patch = json!({
             "metadata": {
-                "uid": existing.uid(),
+                "uid": existing.uid,
                 "labels": { LABEL_CREATED_BY: null, LABEL_PART_OF: null },
                 "annotations": { ANNOTATION_OWNER: null, ANNOTATION_OWNER_UID: null, ANNOTATION_CONTENT_HASH: null },
             }
@@ -321,10 +474,10 @@ impl CopyWriter<'_> {
             field_manager: Some(MANAGER.into()),
             ..Default::default()
         };
-        self.written.set(self.owner_uid, &namespace, None);
+        self.written.set(self.owner_uid, namespace, None);
         match self
-            .api(&namespace)
-            .patch(&existing.name_any(), &params, &Patch::Merge(&patch))
+            .api(namespace)
+            .patch(&existing.name, &params, &Patch::Merge(&patch))
             .await
         {
             Ok(_) => Ok(()),
@@ -334,24 +487,57 @@ impl CopyWriter<'_> {
     }
 }
 
-/// Position of our `Update` entry among the copy's managed fields: present on a
-/// copy created by POST whose ownership was not upgraded yet.
-fn create_entry_index(existing: &CopyMeta) -> Option<usize> {
-    existing
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .position(|entry| {
-            entry.manager.as_deref() == Some(MANAGER)
-                && entry.operation.as_deref() == Some("Update")
-        })
-}
-
 /// The API server's own message when there is one, else the client error.
 pub fn describe(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(owner_uid: &str, namespace: &str, version: &str) -> ObjectMeta {
+        ObjectMeta {
+            namespace: Some(namespace.into()),
+            resource_version: Some(version.into()),
+            annotations: Some([(ANNOTATION_OWNER_UID.to_string(), owner_uid.to_string())].into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn a_copy_is_our_own_write_only_at_the_versions_we_wrote() {
+        let written = WrittenVersions::default();
+        written.set("uid-1", "team-a", Some("10".into()));
+        assert!(written.is_own_write(&copy("uid-1", "team-a", "10")));
+        assert!(!written.is_own_write(&copy("uid-1", "team-a", "11")));
+        assert!(!written.is_own_write(&copy("uid-1", "team-b", "10")));
+        assert!(!written.is_own_write(&copy("uid-2", "team-a", "10")));
+    }
+
+    #[test]
+    fn the_echo_of_a_create_stays_ours_after_its_ownership_upgrade() {
+        let written = WrittenVersions::default();
+        written.set("uid-1", "team-a", Some("10".into()));
+        written.upgraded("uid-1", "team-a", "10", Some("12".into()));
+        assert!(written.is_own_write(&copy("uid-1", "team-a", "10")));
+        assert!(written.is_own_write(&copy("uid-1", "team-a", "12")));
+        // A later write of ours leaves only its own version ours.
+        written.set("uid-1", "team-a", Some("15".into()));
+        assert!(!written.is_own_write(&copy("uid-1", "team-a", "10")));
+        assert!(written.is_own_write(&copy("uid-1", "team-a", "15")));
+    }
+
+    #[test]
+    fn an_upgrade_of_a_version_we_no_longer_hold_is_not_recorded() {
+        let written = WrittenVersions::default();
+        written.set("uid-1", "team-a", Some("11".into()));
+        written.upgraded("uid-1", "team-a", "10", Some("12".into()));
+        assert!(!written.is_own_write(&copy("uid-1", "team-a", "12")));
+        written.forget_owner("uid-1");
+        assert!(!written.is_own_write(&copy("uid-1", "team-a", "11")));
     }
 }

@@ -3,11 +3,13 @@
 //!
 //! - [`watches`]: caches of namespaces, sources and same-named objects, and the triggers they fire.
 //! - [`kinds`]: discovery of the kinds Replikas name.
+//! - [`copy_index`]: the compact cache of copies (and of objects in their way).
 //! - [`copies`]: writing, replacing, pruning and orphaning copies.
 //! - [`reconcile`]: one pass over one Replika.
 //! - [`status`]: conditions, counts and Events.
 
 pub mod copies;
+pub mod copy_index;
 pub mod error;
 pub mod kinds;
 pub mod reconcile;
@@ -91,6 +93,7 @@ impl Context {
             owner_uid,
             written: &self.written,
             metrics: &self.metrics,
+            created: Default::default(),
         }
     }
 

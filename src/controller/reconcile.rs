@@ -11,17 +11,18 @@ use kube::ResourceExt;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::{info, warn};
 
 use super::copies::{CopyWriter, NotLeading, Outcome, describe};
+use super::copy_index::{CopyIndex, CopyRecord};
 use super::kinds::{KindError, ServedKind, display};
 use super::status::{Blocked, PassResult, next_status, publish};
-use super::watches::{CopyCacheKey, CopyMeta, WatchView};
+use super::watches::{CopyCacheKey, WatchView};
 use super::{Context, Error};
 use crate::api::{ConflictPolicy, FINALIZER, Replika, ReplikaDeletedPolicy, SourceDeletedPolicy};
 use crate::domain::access::author_checks;
-use crate::domain::copy::{CopyTemplate, ExtraMetadata, Owner, Ownership, ownership};
+use crate::domain::copy::{CopyTemplate, ExtraMetadata, Owner, Ownership};
 use crate::domain::targets::NamespaceView;
 use crate::domain::validation::{ReplikaPlan, validate};
 
@@ -66,8 +67,8 @@ enum CacheState {
 /// The caches and kind a valid Replika works with.
 struct Caches {
     kind: ServedKind,
-    source: WatchView<DynamicObject>,
-    copies: WatchView<CopyMeta>,
+    source: WatchView<Store<DynamicObject>>,
+    copies: WatchView<CopyIndex>,
 }
 
 async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
@@ -143,13 +144,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         }),
         &plan.source.namespace,
     );
-    let existing: BTreeMap<String, Arc<CopyMeta>> = caches
-        .copies
-        .store
-        .state()
-        .into_iter()
-        .filter_map(|object| Some((object.namespace()?, object)))
-        .collect();
+    let existing = caches.copies.store.snapshot();
 
     let source_changed_at = caches.source.health.last_change();
     let outcomes: BTreeMap<String, Outcome> = stream::iter(targets.iter().cloned())
@@ -178,6 +173,9 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         })
         .buffer_unordered(ctx.settings.max_parallel_writes)
         .collect()
+        .await;
+    writer
+        .upgrade_created(ctx.settings.max_parallel_writes)
         .await;
     let pruned = prune(&writer, &caches.copies, &owner, &targets, ctx)
         .await
@@ -297,7 +295,7 @@ async fn open_caches(
 /// Brings one target namespace in line with the template.
 async fn sync_one(
     writer: &CopyWriter<'_>,
-    existing: Option<&CopyMeta>,
+    existing: Option<&CopyRecord>,
     namespace: &str,
     template: &CopyTemplate,
     owner: &Owner,
@@ -306,12 +304,12 @@ async fn sync_one(
     let Some(existing) = existing else {
         return writer.create(namespace, template).await;
     };
-    if existing.metadata.deletion_timestamp.is_some() {
+    if existing.deleting {
         return Outcome::Failed(
             "the copy is being deleted; it will be created again once it is gone".into(),
         );
     }
-    match ownership(existing.labels(), existing.annotations(), owner) {
+    match existing.marks.ownership(owner) {
         Ownership::Ours => writer.sync_owned(existing, template).await,
         Ownership::OtherReplika(other) => Outcome::Conflict(format!("the object is managed by Replika {other}")),
         Ownership::Unowned if conflict == ConflictPolicy::Adopt => writer.update(existing, template).await,
@@ -331,26 +329,26 @@ struct Pruned {
 /// Deletes our copies outside `targets`.
 async fn prune(
     writer: &CopyWriter<'_>,
-    copies: &WatchView<CopyMeta>,
+    copies: &WatchView<CopyIndex>,
     owner: &Owner,
     targets: &BTreeSet<String>,
     ctx: &Context,
 ) -> Pruned {
-    let stale: Vec<Arc<CopyMeta>> = copies
+    let stale: Vec<Arc<CopyRecord>> = copies
         .store
-        .state()
+        .all()
         .into_iter()
         .filter(|copy| {
-            ownership(copy.labels(), copy.annotations(), owner) == Ownership::Ours
-                && copy.metadata.deletion_timestamp.is_none()
-                && !targets.contains(&copy.namespace().unwrap_or_default())
+            copy.marks.ownership(owner) == Ownership::Ours
+                && !copy.deleting
+                && !targets.contains(&copy.namespace)
         })
         .collect();
     stream::iter(stale)
         .map(|copy| async move {
             let removed = writer.delete(&copy).await;
             if let Err(error) = &removed {
-                warn!(namespace = ?copy.namespace(), error = %describe(error), "could not remove a copy");
+                warn!(namespace = %copy.namespace, error = %describe(error), "could not remove a copy");
             }
             removed.is_ok()
         })
@@ -409,11 +407,11 @@ async fn cleanup(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
 
 async fn release_all(
     writer: &CopyWriter<'_>,
-    copies: &WatchView<CopyMeta>,
+    copies: &WatchView<CopyIndex>,
     owner: &Owner,
 ) -> Result<(), Error> {
-    for copy in copies.store.state() {
-        if ownership(copy.labels(), copy.annotations(), owner) == Ownership::Ours {
+    for copy in copies.store.all() {
+        if copy.marks.ownership(owner) == Ownership::Ours {
             writer.release(&copy).await?;
         }
     }

@@ -4,7 +4,8 @@
 //! by metadata; each Replika's source is watched alone (one object, full body);
 //! and for each copied `(kind, name)` one metadata-only watch covers every
 //! same-named object in the cluster — our copies and the objects we must not
-//! touch — so 100 000 unrelated Secrets cost nothing.
+//! touch — kept as compact records ([`super::copy_index`]), so 100 000
+//! unrelated Secrets cost nothing and each copy little.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,20 +16,18 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ApiResource, DynamicObject};
 use kube::core::{GroupVersionKind, PartialObjectMeta};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt, reflector::Lookup};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::copies::WrittenVersions;
-use crate::api::{REPLIKA_KEY_PREFIX, Replika};
+use super::copy_index::{CopyIndex, CopyIndexWriter, CopyMeta};
+use crate::api::Replika;
 use crate::domain::validation::SourceRef;
-
-/// Metadata of an object that may be, or collide with, a copy.
-pub type CopyMeta = PartialObjectMeta<DynamicObject>;
 
 /// Reconcile requests fired by watches.
 pub type Trigger = mpsc::UnboundedSender<ObjectRef<Replika>>;
@@ -109,12 +108,9 @@ impl WatchHealth {
     }
 }
 
-/// A cache and its health, as handed to a reconcile pass.
-pub struct WatchView<K: Lookup + Clone + 'static>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    pub store: Store<K>,
+/// A cache (`S`: a store or an index) and its health, as handed to a reconcile pass.
+pub struct WatchView<S> {
+    pub store: S,
     pub health: Arc<WatchHealth>,
 }
 
@@ -125,30 +121,21 @@ pub struct CopyCacheKey {
     pub name: String,
 }
 
-struct RunningWatch<K: Lookup + Clone + 'static>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store: Store<K>,
+struct RunningWatch<S> {
+    store: S,
     health: Arc<WatchHealth>,
     subscribers: Arc<Mutex<HashSet<ObjectRef<Replika>>>>,
     task: JoinHandle<()>,
 }
 
-impl<K: Lookup + Clone + 'static> Drop for RunningWatch<K>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
+impl<S> Drop for RunningWatch<S> {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-impl<K: Lookup + Clone + 'static> RunningWatch<K>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    fn view(&self) -> WatchView<K> {
+impl<S: Clone> RunningWatch<S> {
+    fn view(&self) -> WatchView<S> {
         WatchView {
             store: self.store.clone(),
             health: self.health.clone(),
@@ -157,7 +144,7 @@ where
 }
 
 /// The watch on one Replika's source, with the source it was opened for.
-type SourceWatch = (SourceRef, RunningWatch<DynamicObject>);
+type SourceWatch = (SourceRef, RunningWatch<Store<DynamicObject>>);
 
 /// The dynamic watches of all Replikas.
 pub struct Watches {
@@ -167,7 +154,7 @@ pub struct Watches {
     /// events are echoes of its own writes and trigger no pass.
     written: Arc<WrittenVersions>,
     sources: Mutex<HashMap<ObjectRef<Replika>, SourceWatch>>,
-    copies: Mutex<HashMap<CopyCacheKey, RunningWatch<CopyMeta>>>,
+    copies: Mutex<HashMap<CopyCacheKey, RunningWatch<CopyIndex>>>,
 }
 
 impl Watches {
@@ -187,7 +174,7 @@ impl Watches {
         replika: &ObjectRef<Replika>,
         source: &SourceRef,
         resource: &ApiResource,
-    ) -> WatchView<DynamicObject> {
+    ) -> WatchView<Store<DynamicObject>> {
         let mut sources = lock(&self.sources);
         if let Some((watched, running)) = sources.get(replika)
             && watched == source
@@ -199,15 +186,16 @@ impl Watches {
         let config = watcher::Config::default()
             .fields(&format!("metadata.name={}", source.name))
             .any_semantic();
+        let mut writer = Writer::new(resource.clone());
         let running = spawn_watch(
             api,
             config,
-            resource.clone(),
+            writer.as_reader(),
             HashSet::from([replika.clone()]),
             self.trigger.clone(),
             Handling {
-                trim: |object| object.metadata.managed_fields = None,
-                is_echo: Arc::new(|_| false),
+                store: Box::new(move |event| writer.apply_watcher_event(event)),
+                is_echo: Box::new(|_| false),
             },
         );
         let view = running.view();
@@ -222,7 +210,7 @@ impl Watches {
         replika: &ObjectRef<Replika>,
         key: &CopyCacheKey,
         resource: &ApiResource,
-    ) -> WatchView<CopyMeta> {
+    ) -> WatchView<CopyIndex> {
         let mut copies = lock(&self.copies);
         unsubscribe(&mut copies, replika, Some(key));
         if let Some(running) = copies.get(key) {
@@ -233,18 +221,18 @@ impl Watches {
         let config = watcher::Config::default()
             .fields(&format!("metadata.name={}", key.name))
             .any_semantic();
+        let index = CopyIndex::default();
+        let mut writer = CopyIndexWriter::new(index.clone());
+        let written = self.written.clone();
         let running = spawn_watch(
             api,
             config,
-            resource.clone(),
+            index,
             HashSet::from([replika.clone()]),
             self.trigger.clone(),
             Handling {
-                trim: trim_copy,
-                is_echo: Arc::new({
-                    let written = self.written.clone();
-                    move |copy: &CopyMeta| written.is_own_write(copy)
-                }),
+                store: Box::new(move |event| writer.apply(event)),
+                is_echo: Box::new(move |copy: &CopyMeta| written.is_own_write(&copy.metadata)),
             },
         );
         let view = running.view();
@@ -261,7 +249,7 @@ impl Watches {
 
 /// Removes `replika` from every copy watch but `keep`, stopping watches left without subscribers.
 fn unsubscribe(
-    copies: &mut HashMap<CopyCacheKey, RunningWatch<CopyMeta>>,
+    copies: &mut HashMap<CopyCacheKey, RunningWatch<CopyIndex>>,
     replika: &ObjectRef<Replika>,
     keep: Option<&CopyCacheKey>,
 ) {
@@ -274,58 +262,32 @@ fn unsubscribe(
     });
 }
 
-/// Keeps of a copy's metadata only what the engine reads — identity, resource
-/// version, deletion, Replika's own labels and annotations (ownership, content
-/// hash), and who holds its managed fields by which operation (in place, for the
-/// ownership upgrade) — so that thousands of copies cost little memory.
-fn trim_copy(object: &mut CopyMeta) {
-    let ours = |key: &String| key.starts_with(REPLIKA_KEY_PREFIX);
-    let metadata = &mut object.metadata;
-    for keys in [&mut metadata.labels, &mut metadata.annotations]
-        .into_iter()
-        .flatten()
-    {
-        keys.retain(|key, _| ours(key));
-    }
-    for entry in metadata.managed_fields.iter_mut().flatten() {
-        entry.fields_v1 = None;
-        entry.fields_type = None;
-        entry.api_version = None;
-        entry.time = None;
-    }
-    metadata.owner_references = None;
-    metadata.creation_timestamp = None;
-}
+/// Puts each event of a watch into its cache.
+type StoreEvent<K> = Box<dyn FnMut(&Event<K>) + Send>;
 
 /// How a watch treats its objects.
 struct Handling<K> {
-    /// Trims each object before it is stored.
-    trim: fn(&mut K),
+    store: StoreEvent<K>,
     /// Whether an object is the echo of the engine's own write, which wakes nobody.
-    is_echo: Arc<dyn Fn(&K) -> bool + Send + Sync>,
+    is_echo: Box<dyn Fn(&K) -> bool + Send>,
 }
 
-fn spawn_watch<K>(
+fn spawn_watch<K, S>(
     api: Api<K>,
     config: watcher::Config,
-    dyntype: <K as kube::Resource>::DynamicType,
+    store: S,
     subscribers: HashSet<ObjectRef<Replika>>,
     trigger: Trigger,
     handling: Handling<K>,
-) -> RunningWatch<K>
+) -> RunningWatch<S>
 where
-    K: kube::Resource + Lookup<DynamicType = <K as kube::Resource>::DynamicType>,
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    <K as kube::Resource>::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let writer = Writer::new(dyntype);
-    let store = writer.as_reader();
     let health = Arc::new(WatchHealth::default());
     let subscribers = Arc::new(Mutex::new(subscribers));
     let task = tokio::spawn(drive_watch(
         api,
         config,
-        writer,
         health.clone(),
         subscribers.clone(),
         trigger,
@@ -342,29 +304,24 @@ where
 async fn drive_watch<K>(
     api: Api<K>,
     config: watcher::Config,
-    writer: Writer<K>,
     health: Arc<WatchHealth>,
     subscribers: Arc<Mutex<HashSet<ObjectRef<Replika>>>>,
     trigger: Trigger,
-    handling: Handling<K>,
+    mut handling: Handling<K>,
 ) where
-    K: kube::Resource + Lookup<DynamicType = <K as kube::Resource>::DynamicType>,
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    <K as kube::Resource>::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let notify = || {
         for replika in lock(&subscribers).iter() {
             let _ = trigger.send(replika.clone());
         }
     };
-    let stream = watcher::watcher(api, config)
-        .default_backoff()
-        .modify(handling.trim)
-        .reflect(writer);
+    let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     while let Some(event) = stream.next().await {
         match event {
             Ok(event) => {
+                (handling.store)(&event);
                 let recovered = health.record(None);
                 match event {
                     Event::InitDone => {

@@ -89,6 +89,13 @@ impl CopyTemplate {
         self.body.get("immutable").and_then(Value::as_bool) == Some(true)
     }
 
+    /// Whether `object`, as read from `namespace`, already holds everything this
+    /// template sets (fields others added, such as server defaults, aside), so
+    /// applying it would change no content.
+    pub fn is_held_by(&self, object: &Value, namespace: &str) -> bool {
+        holds(object, &self.for_namespace(namespace))
+    }
+
     /// The full body of the copy for `namespace`.
     pub fn for_namespace(&self, namespace: &str) -> Value {
         let mut body = self.body.clone();
@@ -179,6 +186,17 @@ fn copied_entries(metadata: &Value, field: &str) -> Map<String, Value> {
         .collect()
 }
 
+/// Whether `object` holds `wanted`: every key of a wanted map with a held
+/// value, every other value equal.
+fn holds(object: &Value, wanted: &Value) -> bool {
+    match (object, wanted) {
+        (Value::Object(object), Value::Object(wanted)) => wanted
+            .iter()
+            .all(|(key, value)| object.get(key).is_some_and(|held| holds(held, value))),
+        _ => object == wanted,
+    }
+}
+
 /// SHA-256 over the canonical JSON of a copy (object keys sorted by serde_json's map).
 fn content_hash(body: &Value) -> String {
     let canonical = serde_json::to_vec(body).unwrap_or_default();
@@ -189,25 +207,45 @@ fn content_hash(body: &Value) -> String {
         .collect()
 }
 
-/// Who owns an object, from its labels and annotations.
-pub fn ownership(
-    labels: &BTreeMap<String, String>,
-    annotations: &BTreeMap<String, String>,
-    owner: &Owner,
-) -> Ownership {
-    if labels.get(LABEL_CREATED_BY).map(String::as_str) != Some(CREATED_BY_VALUE) {
-        return Ownership::Unowned;
+/// The marks Replika leaves on a copy, read from its labels and annotations:
+/// all the engine needs to know about an object in a target namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CopyMarks {
+    /// Labelled as created by Replika (by this operator or the seed's).
+    pub created_by_replika: bool,
+    /// `namespace/name` of the Replika that wrote it.
+    pub owner: Option<String>,
+    pub owner_uid: Option<String>,
+    /// Hash of the content Replika last wrote into it.
+    pub content_hash: Option<String>,
+}
+
+impl CopyMarks {
+    pub fn read(labels: &BTreeMap<String, String>, annotations: &BTreeMap<String, String>) -> Self {
+        CopyMarks {
+            created_by_replika: labels.get(LABEL_CREATED_BY).map(String::as_str)
+                == Some(CREATED_BY_VALUE),
+            owner: annotations.get(ANNOTATION_OWNER).cloned(),
+            owner_uid: annotations.get(ANNOTATION_OWNER_UID).cloned(),
+            content_hash: annotations.get(ANNOTATION_CONTENT_HASH).cloned(),
+        }
     }
-    match annotations.get(ANNOTATION_OWNER_UID) {
-        Some(uid) if *uid == owner.uid => Ownership::Ours,
-        Some(_) => Ownership::OtherReplika(
-            annotations
-                .get(ANNOTATION_OWNER)
-                .cloned()
-                .unwrap_or_else(|| "an unknown Replika".into()),
-        ),
-        // Labelled by Replika but without an owner UID: written by the seed operator.
-        None => Ownership::Unowned,
+
+    /// Who owns the object, as far as `owner` is concerned.
+    pub fn ownership(&self, owner: &Owner) -> Ownership {
+        if !self.created_by_replika {
+            return Ownership::Unowned;
+        }
+        match &self.owner_uid {
+            Some(uid) if *uid == owner.uid => Ownership::Ours,
+            Some(_) => Ownership::OtherReplika(
+                self.owner
+                    .clone()
+                    .unwrap_or_else(|| "an unknown Replika".into()),
+            ),
+            // Labelled by Replika but without an owner UID: written by the seed operator.
+            None => Ownership::Unowned,
+        }
     }
 }
 
@@ -332,6 +370,31 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_holds_the_template_whatever_others_added_but_not_when_content_differs() {
+        let none = BTreeMap::new();
+        let extra = ExtraMetadata {
+            labels: &none,
+            annotations: &none,
+        };
+        let template = CopyTemplate::new(&source(), &owner(), &extra).expect("a template");
+        let mut copy = template.for_namespace("team-a");
+        copy["metadata"]["uid"] = json!("copy-uid");
+        copy["metadata"]["labels"]["added-by"] = json!("someone");
+        assert!(template.is_held_by(&copy, "team-a"));
+        assert!(!template.is_held_by(&copy, "team-b"), "another namespace");
+
+        let mut edited = copy.clone();
+        edited["data"][".dockerconfigjson"] = json!("ZWRpdGVk");
+        assert!(!template.is_held_by(&edited, "team-a"), "a value edited");
+        let mut removed = copy.clone();
+        removed["metadata"]["annotations"]
+            .as_object_mut()
+            .expect("annotations")
+            .remove(ANNOTATION_OWNER_UID);
+        assert!(!template.is_held_by(&removed, "team-a"), "a mark removed");
+    }
+
+    #[test]
     fn ownership_is_decided_by_uid() {
         let labels = BTreeMap::from([(LABEL_CREATED_BY.to_string(), CREATED_BY_VALUE.to_string())]);
         let ours = BTreeMap::from([(ANNOTATION_OWNER_UID.to_string(), "uid-1".to_string())]);
@@ -339,18 +402,33 @@ mod tests {
             (ANNOTATION_OWNER_UID.to_string(), "uid-2".to_string()),
             (ANNOTATION_OWNER.to_string(), "other/creds".to_string()),
         ]);
-        assert_eq!(ownership(&labels, &ours, &owner()), Ownership::Ours);
+        let ownership = |labels: &BTreeMap<String, String>,
+                         annotations: &BTreeMap<String, String>| {
+            CopyMarks::read(labels, annotations).ownership(&owner())
+        };
+        let none = BTreeMap::new();
+        assert_eq!(ownership(&labels, &ours), Ownership::Ours);
         assert_eq!(
-            ownership(&labels, &theirs, &owner()),
+            ownership(&labels, &theirs),
             Ownership::OtherReplika("other/creds".into())
         );
+        assert_eq!(ownership(&none, &ours), Ownership::Unowned);
+        assert_eq!(ownership(&labels, &none), Ownership::Unowned);
+    }
+
+    #[test]
+    fn marks_keep_the_content_hash_and_nothing_but_replikas_keys() {
+        let annotations = BTreeMap::from([
+            (ANNOTATION_CONTENT_HASH.to_string(), "abc".to_string()),
+            ("team".to_string(), "payments".to_string()),
+        ]);
+        let marks = CopyMarks::read(&BTreeMap::new(), &annotations);
         assert_eq!(
-            ownership(&BTreeMap::new(), &ours, &owner()),
-            Ownership::Unowned
-        );
-        assert_eq!(
-            ownership(&labels, &BTreeMap::new(), &owner()),
-            Ownership::Unowned
+            marks,
+            CopyMarks {
+                content_hash: Some("abc".into()),
+                ..CopyMarks::default()
+            }
         );
     }
 }

@@ -50,7 +50,7 @@ pub trait ClusterView {
 }
 
 /// The verbs the operator needs on a replicated kind, matching `deploy/` RBAC.
-pub const OPERATOR_VERBS: [&str; 5] = ["list", "watch", "create", "patch", "delete"];
+pub const OPERATOR_VERBS: [&str; 6] = ["get", "list", "watch", "create", "patch", "delete"];
 
 /// Decides a Replika CREATE or UPDATE.
 pub async fn validate_request<C: ClusterView>(

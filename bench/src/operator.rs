@@ -110,7 +110,8 @@ impl Operator {
             .stderr(output)
             .spawn()
             .with_context(|| format!("cannot start the operator `{command}`"))?;
-        let watchdog = start_watchdog(process.id())?;
+        let watchdog = testenv::stop_when_we_end(process.id())
+            .context("cannot start the operator's watchdog")?;
         Ok(Operator {
             pid: process.id(),
             process: Mutex::new(process),
@@ -190,23 +191,6 @@ impl Drop for Operator {
             let _ = child.wait();
         }
     }
-}
-
-/// A shell that kills the operator once this process is gone, however it ended.
-fn start_watchdog(operator: u32) -> Result<Child> {
-    let script = format!(
-        "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill {operator} 2>/dev/null",
-        parent = std::process::id(),
-    );
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        // Out of our process group, so a Ctrl-C that ends us spares it.
-        .process_group(0)
-        .spawn()
-        .context("cannot start the operator's watchdog")
 }
 
 /// The value in KiB of a `/proc/<pid>/status` line such as `VmRSS:  1234 kB`.

@@ -30,6 +30,7 @@ mod process;
 mod runtime;
 mod shared;
 mod wait;
+mod watchdog;
 
 pub use command::{CommandOutput, run};
 pub use faults::Component;
@@ -37,3 +38,4 @@ pub use identity::Identity;
 pub use namespace::TestNamespace;
 pub use plane::ControlPlane;
 pub use wait::wait_for;
+pub use watchdog::stop_when_we_end;

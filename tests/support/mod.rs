@@ -4,7 +4,6 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset of these helpers.
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -291,19 +290,7 @@ pub fn start_operator(
         .stderr(log_file)
         .spawn()
         .expect("the replika binary starts");
-    let script = format!(
-        "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill {child} 2>/dev/null",
-        parent = std::process::id(),
-        child = process.id()
-    );
-    let watchdog = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("the operator watchdog starts");
+    let watchdog = testenv::stop_when_we_end(process.id()).expect("the operator watchdog starts");
     OperatorProcess {
         process,
         log,

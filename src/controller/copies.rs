@@ -491,6 +491,8 @@ impl CopyWriter<'_> {
 pub fn describe(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
+        // Said exactly as the pass expects it, so a refusal is not taken for a failure.
+        kube::Error::Service(refusal) if refusal.is::<NotLeading>() => NotLeading.to_string(),
         other => other.to_string(),
     }
 }
@@ -506,6 +508,12 @@ mod tests {
             annotations: Some([(ANNOTATION_OWNER_UID.to_string(), owner_uid.to_string())].into()),
             ..ObjectMeta::default()
         }
+    }
+
+    #[test]
+    fn a_write_refused_for_lost_leadership_is_described_as_the_refusal() {
+        let refused = kube::Error::Service(Box::new(NotLeading));
+        assert_eq!(describe(&refused), NotLeading.to_string());
     }
 
     #[test]

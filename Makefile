@@ -12,7 +12,7 @@ TESTENV := $(CARGO) run --quiet --package testenv --bin testenv --
 .PHONY: control-plane-binaries control-plane down
 
 # Builds the pinned binaries once into a cache outside the repository
-# (15-25 minutes cold on 2 cores; instant afterwards).
+# (5-10 minutes cold on 2 cores; instant afterwards).
 control-plane-binaries:
 	control-plane/build.sh >/dev/null
 

@@ -306,12 +306,15 @@ impl CopyWriter<'_> {
     }
 
     /// Turns our `Update` field-ownership entry of `copy` into an `Apply` one.
-    /// The `test` operations make it fail rather than edit an entry that moved.
+    /// The `test` operations make it fail rather than edit a copy that changed
+    /// since `copy.resource_version` (so an edit made meanwhile is not taken
+    /// for ours) or an entry that moved.
     async fn upgrade_ownership(&self, copy: &CreatedCopy) -> Result<Option<String>, kube::Error> {
         self.may_write()?;
         let entry = format!("/metadata/managedFields/{}", copy.index);
         let patch: json_patch::Patch = serde_json::from_value(json!([
             {"op": "test", "path": "/metadata/uid", "value": copy.uid},
+            {"op": "test", "path": "/metadata/resourceVersion", "value": copy.resource_version},
             {"op": "test", "path": format!("{entry}/manager"), "value": MANAGER},
             {"op": "test", "path": format!("{entry}/operation"), "value": "Update"},
             {"op": "replace", "path": format!("{entry}/operation"), "value": "Apply"},

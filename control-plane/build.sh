@@ -53,7 +53,7 @@ build_kubernetes() {
     flags+=" -X $pkg.gitVersion=v$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  log "building Kubernetes v$KUBERNETES_VERSION (a cold build takes 15-25 minutes on 2 cores)"
+  log "building Kubernetes v$KUBERNETES_VERSION (a cold build takes 5-10 minutes on 2 cores)"
   (cd "$mod" && go build -trimpath -ldflags "-s -w$flags" -o "$bin_dir/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \

@@ -88,15 +88,11 @@ BENCH_ARGS ?=
 # 50 000 unrelated Secrets, 10-minute idle window) on release builds, against a
 # private control plane. Prints the table; writes target/bench/result.json with
 # the operator's log and metrics beside it. About 13.5 minutes on 2 cores once
-# everything is built. On a fresh machine the control plane's Go build runs
-# beside the release build, so downloads and link steps of one overlap the
-# other's compiling. Both packages are built by one cargo call, so their
-# dependencies build once, and the binary is run as built (no second build if
-# sources change meanwhile).
-bench:
-	control-plane/build.sh >/dev/null & plane=$$!; \
-	  $(CARGO) build --release --package replika --package bench; built=$$?; \
-	  wait $$plane && exit $$built
+# everything is built, 21 on a fresh machine. Both packages are built by one
+# cargo call, so their dependencies build once, and the binary is run as built
+# (no second build if sources change meanwhile).
+bench: control-plane-binaries
+	$(CARGO) build --release --package replika --package bench
 	target/release/bench $(BENCH_ARGS)
 
 # The same scenarios at a tiny scale on debug builds, in about a minute: proves

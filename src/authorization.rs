@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, Shared, join_all};
@@ -33,6 +33,7 @@ use crate::api::{ANNOTATION_AUTHOR, ANNOTATION_AUTHOR_SIGNATURE, Replika};
 use crate::domain::access::Access;
 use crate::domain::attestation::{Attestation, AttestationProblem, Author, Signer};
 use crate::domain::validation::ReplikaPlan;
+use crate::sync;
 
 /// The Secret data key holding the signing key.
 const KEY_FIELD: &str = "signing-key";
@@ -270,7 +271,7 @@ impl ReviewCache {
     ) -> Result<Vec<Access>, String> {
         let key = (subject, checks.to_vec());
         let answer = {
-            let mut answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut answers = sync::lock(&self.answers);
             let fresh = |(asked, _): &(Instant, Answer)| asked.elapsed() < ANSWER_LIFETIME;
             match answers.get(&key).filter(|entry| fresh(entry)) {
                 Some((_, answer)) => answer.clone(),
@@ -287,10 +288,7 @@ impl ReviewCache {
             // Only a full "yes" is kept: a denial is asked again (a grant that
             // just landed counts at once), an error is no answer, and a "yes"
             // under RBAC that is not being followed could be revoked unseen.
-            self.answers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&key);
+            sync::lock(&self.answers).remove(&key);
         }
         result
     }
@@ -307,10 +305,7 @@ impl ReviewCache {
     }
 
     fn forget(&self) {
-        self.answers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        sync::lock(&self.answers).clear();
     }
 }
 

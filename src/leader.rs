@@ -12,7 +12,7 @@
 //! Every write to the Lease carries the `resourceVersion` it was read at, so two
 //! candidates can never both win.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -23,6 +23,8 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+use crate::sync::lock;
 
 /// Which Lease, held by whom, for how long.
 #[derive(Clone, Debug)]
@@ -88,10 +90,6 @@ impl Default for Leadership {
     fn default() -> Self {
         Leadership::always()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs `engine` whenever this process leads, until `stop` turns true. `engine`

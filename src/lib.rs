@@ -6,6 +6,7 @@
 //! - [`webhook`]: the admission webhooks and their HTTPS server.
 //! - [`authorization`]: the signing key, author attestations and access reviews both use.
 //! - [`leader`], [`health`], [`metrics`]: running several replicas, probes, Prometheus.
+//! - [`sync`]: locks that outlive a panic elsewhere.
 
 pub mod api;
 pub mod authorization;
@@ -14,4 +15,5 @@ pub mod domain;
 pub mod health;
 pub mod leader;
 pub mod metrics;
+pub mod sync;
 pub mod webhook;

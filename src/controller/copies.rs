@@ -31,6 +31,7 @@ use crate::api::{
 use crate::domain::copy::CopyTemplate;
 use crate::leader::Leadership;
 use crate::metrics::{CopyOperation, Metrics};
+use crate::sync::lock;
 
 /// What happened to one target namespace in a pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,12 +142,6 @@ pub struct CreatedCopy {
 
 /// Why a write found no copy: the next pass creates it.
 const COPY_DELETED: &str = "the copy was deleted while it was written";
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Why a write was refused: the leader Lease is no longer this process's.
 #[derive(Debug, thiserror::Error)]

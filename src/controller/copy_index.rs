@@ -17,6 +17,7 @@ use kube::runtime::watcher::Event;
 
 use super::MANAGER;
 use crate::domain::copy::CopyMarks;
+use crate::sync;
 
 /// An object that may be, or collide with, a copy, as the metadata watch delivers it.
 pub type CopyMeta = PartialObjectMeta<DynamicObject>;
@@ -71,24 +72,12 @@ pub struct CopyIndex(Arc<RwLock<Records>>);
 impl CopyIndex {
     /// Every record, by namespace, as of now.
     pub fn snapshot(&self) -> Records {
-        self.read().clone()
+        sync::read(&self.0).clone()
     }
 
     /// Every record, as of now.
     pub fn all(&self) -> Vec<Arc<CopyRecord>> {
-        self.read().values().cloned().collect()
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Records> {
-        self.0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Records> {
-        self.0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        sync::read(&self.0).values().cloned().collect()
     }
 }
 
@@ -117,14 +106,16 @@ impl CopyIndexWriter {
                     .get_or_insert_default()
                     .insert(record.namespace.clone(), record);
             }
-            Event::InitDone => *self.index.write() = self.relisting.take().unwrap_or_default(),
+            Event::InitDone => {
+                *sync::write(&self.index.0) = self.relisting.take().unwrap_or_default()
+            }
             Event::Apply(object) => {
                 let record = record(object);
-                self.index.write().insert(record.namespace.clone(), record);
+                sync::write(&self.index.0).insert(record.namespace.clone(), record);
             }
             Event::Delete(object) => {
                 let namespace = object.metadata.namespace.as_deref().unwrap_or_default();
-                self.index.write().remove(namespace);
+                sync::write(&self.index.0).remove(namespace);
             }
         }
     }

@@ -8,6 +8,8 @@ use kube::api::ApiResource;
 use kube::core::GroupVersionKind;
 use kube::discovery::{Scope, pinned_kind};
 
+use crate::sync;
+
 /// A kind the API server serves.
 #[derive(Clone, Debug)]
 pub struct ServedKind {
@@ -65,19 +67,12 @@ impl KindCache {
             resource,
             namespaced: capabilities.scope == Scope::Namespaced,
         };
-        self.served
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(gvk.clone(), kind.clone());
+        sync::lock(&self.served).insert(gvk.clone(), kind.clone());
         Ok(kind)
     }
 
     fn cached(&self, gvk: &GroupVersionKind) -> Option<ServedKind> {
-        self.served
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(gvk)
-            .cloned()
+        sync::lock(&self.served).get(gvk).cloned()
     }
 }
 

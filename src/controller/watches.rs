@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -28,6 +28,7 @@ use super::copies::WrittenVersions;
 use super::copy_index::{CopyIndex, CopyIndexWriter, CopyMeta};
 use crate::api::Replika;
 use crate::domain::validation::SourceRef;
+use crate::sync::lock;
 
 /// Reconcile requests fired by watches.
 pub type Trigger = mpsc::UnboundedSender<ObjectRef<Replika>>;
@@ -363,12 +364,4 @@ fn describe_failure(error: &watcher::Error) -> WatchFailure {
         forbidden: status.is_some_and(|s| s.is_forbidden()),
         message: status.map_or_else(|| error.to_string(), |s| s.message.clone()),
     }
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it
-/// (every critical section here leaves the data consistent).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -17,6 +17,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{info, warn};
 
+use crate::sync;
+
 /// File names used by cert-manager and `kubernetes.io/tls` Secrets.
 pub const CERT_FILE: &str = "tls.crt";
 pub const KEY_FILE: &str = "tls.key";
@@ -68,17 +70,11 @@ impl CertResolver {
     }
 
     pub fn replace(&self, key: CertifiedKey) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(key);
+        *sync::write(&self.0) = Arc::new(key);
     }
 
     fn current(&self) -> Arc<CertifiedKey> {
-        self.0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        sync::read(&self.0).clone()
     }
 }
 

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tracing::debug;
 
 use super::MANAGER;
-use super::copy_index::{CopyRecord, create_entry_index};
+use super::copy_index::CopyRecord;
 use crate::api::{
     ANNOTATION_CONTENT_HASH, ANNOTATION_OWNER, ANNOTATION_OWNER_UID, LABEL_CREATED_BY,
     LABEL_PART_OF,
@@ -52,6 +52,17 @@ impl Outcome {
             self,
             Outcome::InSync | Outcome::Created | Outcome::Updated | Outcome::Replaced
         )
+    }
+
+    /// A write this replica refused because it no longer leads.
+    fn not_leading() -> Self {
+        Outcome::Failed(NotLeading.to_string())
+    }
+
+    /// Whether the write was refused for lack of leadership, which says
+    /// nothing about the copy (see [`describe`] for refusals from the client).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Outcome::Failed(message) if *message == NotLeading.to_string())
     }
 }
 
@@ -130,16 +141,6 @@ impl WrittenVersions {
     }
 }
 
-/// A copy this pass created: its field ownership is still the create's
-/// `Update` entry, at `index` among its managed fields.
-pub struct CreatedCopy {
-    namespace: String,
-    name: String,
-    uid: Option<String>,
-    resource_version: String,
-    index: usize,
-}
-
 /// Why a write found no copy: the next pass creates it.
 const COPY_DELETED: &str = "the copy was deleted while it was written";
 
@@ -158,7 +159,7 @@ pub struct CopyWriter<'a> {
     pub written: &'a WrittenVersions,
     pub metrics: &'a Metrics,
     /// Copies created by this writer whose ownership is not upgraded yet.
-    pub created: Mutex<Vec<CreatedCopy>>,
+    pub created: Mutex<Vec<CopyRecord>>,
 }
 
 impl CopyWriter<'_> {
@@ -190,7 +191,7 @@ impl CopyWriter<'_> {
         may_read: bool,
     ) -> Outcome {
         if !self.leadership.is_valid() {
-            return Outcome::Failed(NotLeading.to_string());
+            return Outcome::not_leading();
         }
         let namespace = &existing.namespace;
         let written = self
@@ -210,14 +211,7 @@ impl CopyWriter<'_> {
         }
         let mut current = existing.clone();
         if !superseded && let Some(index) = existing.create_entry {
-            let copy = CreatedCopy {
-                namespace: namespace.clone(),
-                name: existing.name.clone(),
-                uid: Some(existing.uid.clone()),
-                resource_version: version.clone(),
-                index,
-            };
-            match self.upgrade_ownership(&copy).await {
+            match self.upgrade_ownership(existing, index).await {
                 Ok(upgraded) => {
                     if untouched {
                         self.written
@@ -280,10 +274,13 @@ impl CopyWriter<'_> {
         let created = std::mem::take(&mut *lock(&self.created));
         stream::iter(created)
             .for_each_concurrent(parallel, |copy| async move {
+                let Some(index) = copy.create_entry else {
+                    return;
+                };
                 if !self.leadership.is_valid() {
                     return;
                 }
-                match self.upgrade_ownership(&copy).await {
+                match self.upgrade_ownership(&copy, index).await {
                     Ok(upgraded) => self.written.upgraded(
                         self.owner_uid,
                         &copy.namespace,
@@ -300,13 +297,17 @@ impl CopyWriter<'_> {
             .await;
     }
 
-    /// Turns our `Update` field-ownership entry of `copy` into an `Apply` one.
-    /// The `test` operations make it fail rather than edit a copy that changed
-    /// since `copy.resource_version` (so an edit made meanwhile is not taken
-    /// for ours) or an entry that moved.
-    async fn upgrade_ownership(&self, copy: &CreatedCopy) -> Result<Option<String>, kube::Error> {
+    /// Turns our `Update` field-ownership entry of `copy`, at `index` among its
+    /// managed fields, into an `Apply` one. The `test` operations make it fail
+    /// rather than edit a copy that changed since `copy.resource_version` (so
+    /// an edit made meanwhile is not taken for ours) or an entry that moved.
+    async fn upgrade_ownership(
+        &self,
+        copy: &CopyRecord,
+        index: usize,
+    ) -> Result<Option<String>, kube::Error> {
         self.may_write()?;
-        let entry = format!("/metadata/managedFields/{}", copy.index);
+        let entry = format!("/metadata/managedFields/{index}");
         let patch: json_patch::Patch = serde_json::from_value(json!([
             {"op": "test", "path": "/metadata/uid", "value": copy.uid},
             {"op": "test", "path": "/metadata/resourceVersion", "value": copy.resource_version},
@@ -329,7 +330,7 @@ impl CopyWriter<'_> {
     /// Creates the copy in `namespace`; an object already there is reported as a conflict.
     pub async fn create(&self, namespace: &str, template: &CopyTemplate) -> Outcome {
         if !self.leadership.is_valid() {
-            return Outcome::Failed(NotLeading.to_string());
+            return Outcome::not_leading();
         }
         let body = template.for_namespace(namespace);
         let object: DynamicObject = match serde_json::from_value(body) {
@@ -342,19 +343,15 @@ impl CopyWriter<'_> {
         };
         match self.api(namespace).create(&params, &object).await {
             Ok(created) => {
-                let version = created.resource_version();
-                if let (Some(index), Some(version)) =
-                    (create_entry_index(&created.metadata), version.clone())
-                {
-                    lock(&self.created).push(CreatedCopy {
-                        namespace: namespace.to_string(),
-                        name: created.name_any(),
-                        uid: created.uid(),
-                        resource_version: version,
-                        index,
-                    });
+                let record = CopyRecord::from_metadata(&created.metadata);
+                self.written.set(
+                    self.owner_uid,
+                    namespace,
+                    Some(record.resource_version.clone()),
+                );
+                if record.create_entry.is_some() {
+                    lock(&self.created).push(record);
                 }
-                self.written.set(self.owner_uid, namespace, version);
                 self.metrics.observe_write(CopyOperation::Create);
                 Outcome::Created
             }
@@ -390,7 +387,7 @@ impl CopyWriter<'_> {
     /// nothing (the copy was right, we just did not know it) is no write.
     pub async fn update(&self, existing: &CopyRecord, template: &CopyTemplate) -> Outcome {
         if !self.leadership.is_valid() {
-            return Outcome::Failed(NotLeading.to_string());
+            return Outcome::not_leading();
         }
         let namespace = &existing.namespace;
         let mut body = template.for_namespace(namespace);
@@ -512,6 +509,9 @@ mod tests {
     fn a_write_refused_for_lost_leadership_is_described_as_the_refusal() {
         let refused = kube::Error::Service(Box::new(NotLeading));
         assert_eq!(describe(&refused), NotLeading.to_string());
+        assert!(Outcome::Failed(describe(&refused)).is_refusal());
+        assert!(Outcome::not_leading().is_refusal());
+        assert!(!Outcome::Failed("conflict".into()).is_refusal());
     }
 
     #[test]

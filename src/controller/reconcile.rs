@@ -14,7 +14,7 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::{info, warn};
 
-use super::copies::{CopyWriter, NotLeading, Outcome, describe};
+use super::copies::{CopyWriter, Outcome, describe};
 use super::copy_index::{CopyIndex, CopyRecord};
 use super::kinds::{KindError, ServedKind, display};
 use super::status::{Blocked, PassResult, next_status, publish};
@@ -183,11 +183,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
 
     // Writes refused for lack of leadership (however briefly) say nothing about
     // the copies: report nothing, and try again shortly.
-    let refused = NotLeading.to_string();
-    if outcomes
-        .values()
-        .any(|outcome| matches!(outcome, Outcome::Failed(message) if *message == refused))
-    {
+    if outcomes.values().any(Outcome::is_refusal) {
         return Ok(Action::requeue(RETRY_BLOCKED));
     }
     let synced = outcomes.values().filter(|o| o.is_synced()).count();

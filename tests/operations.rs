@@ -6,7 +6,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use replika::api::Replika;
@@ -190,16 +189,6 @@ fn start_replica(kubeconfig: &std::path::Path, identity: &str) -> Replica {
         port,
         process: start_operator(kubeconfig, identity, &args),
     }
-}
-
-async fn lease_holder(client: &Client, lease: &str) -> Option<String> {
-    Api::<Lease>::namespaced(client.clone(), "replika")
-        .get_opt(lease)
-        .await
-        .expect("reading the Lease")?
-        .spec?
-        .holder_identity
-        .filter(|holder| !holder.is_empty())
 }
 
 async fn wait_for_leader(client: &Client, lease: &str, replica: &Replica, deadline: Duration) {

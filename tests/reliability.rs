@@ -268,16 +268,6 @@ async fn status_of(operator: &Operator, path: &str) -> Option<u16> {
         .map(|(status, _)| status)
 }
 
-async fn lease_holder(client: &Client) -> Option<String> {
-    Api::<Lease>::namespaced(client.clone(), "replika")
-        .get_opt(LEASE_NAME)
-        .await
-        .expect("reading the Lease")?
-        .spec?
-        .holder_identity
-        .filter(|holder| !holder.is_empty())
-}
-
 /// Waits until `operator`, called `identity`, holds the Lease and runs its engine.
 async fn wait_for_leadership(
     client: &Client,
@@ -290,7 +280,7 @@ async fn wait_for_leadership(
         deadline,
         &[operator],
         || async {
-            let holder = lease_holder(client).await;
+            let holder = lease_holder(client, LEASE_NAME).await;
             let leading = try_metric(operator, "replika_leader").await;
             if holder.as_deref() == Some(identity) && leading == Some(1.0) {
                 Ok(())
@@ -1304,7 +1294,7 @@ async fn a_leader_paused_mid_fan_out_writes_nothing_once_a_follower_took_over() 
             && written["update"] + written["replace"] + written["delete"] == 0.0,
         "the old leader wrote copies after it woke up: {written:?}, {at_pause} copies made when it paused"
     );
-    assert_eq!(lease_holder(&admin).await.as_deref(), Some(b));
+    assert_eq!(lease_holder(&admin, LEASE_NAME).await.as_deref(), Some(b));
     converge_copies(
         &admin,
         name,

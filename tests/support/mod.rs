@@ -10,12 +10,24 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use replika::api::Replika;
 use serde_json::Value;
 use testenv::{ControlPlane, TestNamespace, run, wait_for};
+
+/// Who holds the leader-election Lease `lease` of the `replika` namespace, if anyone.
+pub async fn lease_holder(client: &Client, lease: &str) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), "replika")
+        .get_opt(lease)
+        .await
+        .expect("reading the Lease")?
+        .spec?
+        .holder_identity
+        .filter(|holder| !holder.is_empty())
+}
 
 /// Deadline for anything the operator should do promptly.
 pub const DEADLINE: Duration = Duration::from_secs(30);

@@ -20,10 +20,38 @@ control-plane-binaries:
 # Admin kubeconfig: $(LOCAL_DIR)/kubeconfig; kubectl: $(LOCAL_DIR)/bin/kubectl.
 # Tests use it instead of their own when REPLIKA_TEST_KUBECONFIG names it.
 control-plane: control-plane-binaries
-	$(TESTENV) up --dir $(LOCAL_DIR)
+	$(TESTENV) --dir $(LOCAL_DIR) up
 
+# Stops the plane or cluster in $(LOCAL_DIR) and removes all it created.
 down:
-	$(TESTENV) down --dir $(LOCAL_DIR)
+	$(TESTENV) --dir $(LOCAL_DIR) down
+
+## Local cluster with a worker node (docs/install.md) #########################
+
+.PHONY: cluster image deploy
+
+# Where `make image` writes replika.tar (OCI archive) and replika.ref (its name).
+IMAGE_DIR ?= target/image
+# How `make deploy` installs: self-managed, cert-manager or helm.
+INSTALL ?= self-managed
+
+# The plane plus one real node (kubelet, kube-proxy, containerd, CNI bridge)
+# in $(LOCAL_DIR), or the one running there. Needs root and the Debian
+# packages of .ci/run. One such cluster runs on a machine at a time.
+cluster:
+	control-plane/build.sh node >/dev/null
+	$(TESTENV) --dir $(LOCAL_DIR) cluster
+
+# The operator's image from a static release build, without a container
+# engine; loaded into the node when a cluster runs.
+image:
+	node/build-image.sh $(IMAGE_DIR) >/dev/null
+	$(TESTENV) --dir $(LOCAL_DIR) import $(IMAGE_DIR)/replika.tar
+
+# Installs Replika into the cluster as docs/install.md says, with the image
+# of `make image`, and waits for the Deployment to be Available.
+deploy: image
+	$(TESTENV) --dir $(LOCAL_DIR) deploy $(INSTALL) $$(cat $(IMAGE_DIR)/replika.ref)
 
 ## Checks ####################################################################
 

@@ -4,6 +4,8 @@
 # Prints the bin directory. Rebuilds nothing that is already there.
 #
 #   control-plane/build.sh            # build if missing, print the bin dir
+#   control-plane/build.sh node       # also kubelet, kube-proxy and kube-scheduler
+#                                     # (`make cluster`), from the same module
 #   REPLIKA_CACHE=/some/dir build.sh   # choose the cache root
 set -euo pipefail
 
@@ -13,7 +15,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 cache_root=${REPLIKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/replika}
 bin_dir="$cache_root/control-plane/k8s-v$KUBERNETES_VERSION-etcd-v$ETCD_VERSION/bin"
-binaries=(etcd kube-apiserver kube-controller-manager kubectl)
+plane=(kube-apiserver kube-controller-manager kubectl)
+node=(kubelet kube-proxy kube-scheduler)
+case "${1:-}" in
+  "") kubernetes=("${plane[@]}") ;;
+  node) kubernetes=("${plane[@]}" "${node[@]}") ;;
+  *) echo "usage: build.sh [node]" >&2; exit 2 ;;
+esac
+binaries=(etcd "${kubernetes[@]}")
 
 missing=0
 for b in "${binaries[@]}"; do [ -x "$bin_dir/$b" ] || missing=1; done
@@ -30,6 +39,7 @@ export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
 log() { echo "build.sh: $*" >&2; }
 
+# build_kubernetes BINARY...: builds those commands of k8s.io/kubernetes.
 build_kubernetes() {
   local mod="$work/kubernetes" minor="${KUBERNETES_VERSION#*.}"
   minor="${minor%%.*}"
@@ -53,11 +63,9 @@ build_kubernetes() {
     flags+=" -X $pkg.gitVersion=v$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  log "building Kubernetes v$KUBERNETES_VERSION (a cold build takes 5-10 minutes on 2 cores)"
+  log "building $* of Kubernetes v$KUBERNETES_VERSION (a cold build takes 5-10 minutes on 2 cores)"
   (cd "$mod" && go build -trimpath -ldflags "-s -w$flags" -o "$bin_dir/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl)
+    "${@/#/k8s.io/kubernetes/cmd/}")
 }
 
 build_etcd() {
@@ -69,8 +77,9 @@ build_etcd() {
 }
 
 [ -x "$bin_dir/etcd" ] || build_etcd
-for b in kube-apiserver kube-controller-manager kubectl; do
-  [ -x "$bin_dir/$b" ] || { build_kubernetes; break; }
-done
+# Only the missing ones: the node's binaries join an existing plane's.
+absent=()
+for b in "${kubernetes[@]}"; do [ -x "$bin_dir/$b" ] || absent+=("$b"); done
+[ ${#absent[@]} = 0 ] || build_kubernetes "${absent[@]}"
 log "built into $bin_dir"
 echo "$bin_dir"

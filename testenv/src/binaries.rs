@@ -1,4 +1,6 @@
-//! Finding the etcd, kube-apiserver, kube-controller-manager and kubectl binaries.
+//! Finding the etcd, kube-apiserver, kube-controller-manager and kubectl
+//! binaries, and for a cluster with a node kubelet, kube-proxy and
+//! kube-scheduler too.
 
 use std::{
     env,
@@ -7,6 +9,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
+
+use crate::components::Topology;
 
 /// Names a directory holding the binaries, skipping `control-plane/build.sh`.
 const BIN_DIR_ENV: &str = "REPLIKA_CONTROL_PLANE_BIN";
@@ -17,11 +21,15 @@ const BUILD_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../control-plan
 /// The directory with the control-plane binaries: `$REPLIKA_CONTROL_PLANE_BIN`,
 /// or what `control-plane/build.sh` prints (it builds them first if they are
 /// missing, which takes many minutes; its progress goes to our stderr).
-pub(crate) fn locate() -> Result<PathBuf> {
+pub(crate) fn locate(topology: Topology) -> Result<PathBuf> {
     if let Some(dir) = env::var_os(BIN_DIR_ENV) {
         return Ok(dir.into());
     }
-    let output = Command::new(Path::new(BUILD_SCRIPT))
+    let mut build = Command::new(Path::new(BUILD_SCRIPT));
+    if topology == Topology::WithNode {
+        build.arg("node");
+    }
+    let output = build
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()

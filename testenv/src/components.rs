@@ -1,4 +1,5 @@
-//! The command lines of etcd, kube-apiserver and kube-controller-manager.
+//! The command lines of etcd, kube-apiserver, kube-controller-manager and,
+//! in a cluster with a node, kube-scheduler.
 
 use std::{
     ffi::{OsStr, OsString},
@@ -7,11 +8,21 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{layout::Layout, pki};
+use crate::{layout::Layout, node::network, pki};
 
 pub(crate) const ETCD: &str = "etcd";
 pub(crate) const APISERVER: &str = "kube-apiserver";
 pub(crate) const CONTROLLER_MANAGER: &str = "kube-controller-manager";
+pub(crate) const SCHEDULER: &str = "kube-scheduler";
+
+/// What a plane serves: tests and `make run` (no node; everything on
+/// loopback), or a cluster with a worker node (`make cluster`, [`crate::Cluster`]),
+/// whose pods reach the API server on the node's bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Topology {
+    PlaneOnly,
+    WithNode,
+}
 
 /// The controllers that make a plane without nodes behave like a cluster:
 /// namespaces are emptied and deleted, ownerReferences are honoured, every
@@ -22,23 +33,29 @@ const CONTROLLERS: &str = "namespace-controller,garbage-collector-controller,ser
      serviceaccount-token-controller,root-ca-certificate-publisher-controller,\
      clusterrole-aggregation-controller";
 
-/// The Service CIDR; nothing routes to it, but the API server needs one.
+/// The Service CIDR of a plane without node; nothing routes to it, but the
+/// API server needs one.
 const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
 
-/// Free ports on 127.0.0.1, one for each listener of the plane.
+/// Free ports on 127.0.0.1, one for each listener of the plane, and the
+/// topology, which decides where the API server listens.
 #[derive(Debug)]
 pub(crate) struct Ports {
+    pub(crate) topology: Topology,
     etcd_client: u16,
     etcd_peer: u16,
     apiserver: u16,
     controller_manager: u16,
+    scheduler: u16,
 }
 
 impl Ports {
     /// Asks the kernel for distinct free ports. They are released before the
     /// processes bind them, so another process could take one in between; the
     /// start then fails with the log of the process that could not bind.
-    pub(crate) fn pick() -> Result<Ports> {
+    /// The API server's port is picked on 127.0.0.1 too: on the bridge
+    /// address it is free as well unless something binds the wildcard address.
+    pub(crate) fn pick(topology: Topology) -> Result<Ports> {
         // Every listener stays open until all ports are picked, so they differ.
         let mut held = Vec::new();
         let mut free_port = || -> Result<u16> {
@@ -49,20 +66,31 @@ impl Ports {
             Ok(port)
         };
         Ok(Ports {
+            topology,
             etcd_client: free_port()?,
             etcd_peer: free_port()?,
             apiserver: free_port()?,
             controller_manager: free_port()?,
+            scheduler: free_port()?,
         })
     }
 
     pub(crate) fn apiserver_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.apiserver)
+        format!("https://{}:{}", self.apiserver_host(), self.apiserver)
+    }
+
+    /// Pods cannot reach 127.0.0.1 of the host, so a cluster's API server
+    /// binds to and advertises the bridge address (../shared/NODE.md).
+    fn apiserver_host(&self) -> &'static str {
+        match self.topology {
+            Topology::PlaneOnly => "127.0.0.1",
+            Topology::WithNode => network::BRIDGE_IP,
+        }
     }
 
     /// Where etcd serves its clients (and its `/health`).
-    pub(crate) fn etcd_client_address(&self) -> (&'static str, u16) {
-        ("127.0.0.1", self.etcd_client)
+    pub(crate) fn etcd_client_address(&self) -> String {
+        format!("127.0.0.1:{}", self.etcd_client)
     }
 
     fn etcd_client_url(&self) -> String {
@@ -92,15 +120,14 @@ pub(crate) fn etcd_args(layout: &Layout, ports: &Ports) -> Vec<OsString> {
 }
 
 pub(crate) fn apiserver_args(layout: &Layout, ports: &Ports) -> Vec<OsString> {
-    vec![
+    let mut args = vec![
         flag("etcd-servers", ports.etcd_client_url()),
-        flag("bind-address", "127.0.0.1"),
-        flag("advertise-address", "127.0.0.1"),
+        flag("bind-address", ports.apiserver_host()),
+        flag("advertise-address", ports.apiserver_host()),
         flag("secure-port", ports.apiserver.to_string()),
         flag("tls-cert-file", layout.pki(pki::APISERVER_CERT)),
         flag("tls-private-key-file", layout.pki(pki::APISERVER_KEY)),
         flag("client-ca-file", layout.pki(pki::CA_CERT)),
-        flag("authorization-mode", "RBAC"),
         flag("service-account-issuer", ports.apiserver_url()),
         flag(
             "service-account-key-file",
@@ -110,20 +137,41 @@ pub(crate) fn apiserver_args(layout: &Layout, ports: &Ports) -> Vec<OsString> {
             "service-account-signing-key-file",
             layout.pki(pki::SERVICE_ACCOUNT_KEY),
         ),
-        flag("service-cluster-ip-range", SERVICE_CLUSTER_IP_RANGE),
-        // The default reconciler publishes the advertise address as the
-        // endpoints of the `kubernetes` Service, and loopback addresses are not
-        // valid endpoints.
-        flag("endpoint-reconciler-type", "none"),
-    ]
+    ];
+    match ports.topology {
+        Topology::PlaneOnly => args.extend([
+            flag("authorization-mode", "RBAC"),
+            flag("service-cluster-ip-range", SERVICE_CLUSTER_IP_RANGE),
+            // The default reconciler publishes the advertise address as the
+            // endpoints of the `kubernetes` Service, and loopback addresses
+            // are not valid endpoints.
+            flag("endpoint-reconciler-type", "none"),
+        ]),
+        Topology::WithNode => args.extend([
+            flag("authorization-mode", "Node,RBAC"),
+            flag("enable-admission-plugins", "NodeRestriction"),
+            flag("service-cluster-ip-range", network::SERVICE_RANGE),
+            // `kubectl logs`, `exec` and `port-forward` go through the
+            // kubelet, which authorizes the admin by webhook.
+            flag("kubelet-client-certificate", layout.pki(pki::ADMIN_CERT)),
+            flag("kubelet-client-key", layout.pki(pki::ADMIN_KEY)),
+            flag("kubelet-preferred-address-types", "InternalIP"),
+        ]),
+    }
+    args
 }
 
 pub(crate) fn controller_manager_args(layout: &Layout, ports: &Ports) -> Vec<OsString> {
+    // With a node, all of them: Deployments, ReplicaSets, EndpointSlices, ...
+    let controllers = match ports.topology {
+        Topology::PlaneOnly => CONTROLLERS,
+        Topology::WithNode => "*",
+    };
     vec![
         flag("kubeconfig", layout.kubeconfig()),
         flag("bind-address", "127.0.0.1"),
         flag("secure-port", ports.controller_manager.to_string()),
-        flag("controllers", CONTROLLERS),
+        flag("controllers", controllers),
         flag("leader-elect", "false"),
         // Run every controller as the admin instead of minting a
         // ServiceAccount token per controller.
@@ -136,8 +184,17 @@ pub(crate) fn controller_manager_args(layout: &Layout, ports: &Ports) -> Vec<OsS
     ]
 }
 
+pub(crate) fn scheduler_args(layout: &Layout, ports: &Ports) -> Vec<OsString> {
+    vec![
+        flag("kubeconfig", layout.kubeconfig()),
+        flag("bind-address", "127.0.0.1"),
+        flag("secure-port", ports.scheduler.to_string()),
+        flag("leader-elect", "false"),
+    ]
+}
+
 /// `--name=value`, keeping paths as they are (they need not be UTF-8).
-fn flag(name: &str, value: impl AsRef<OsStr>) -> OsString {
+pub(crate) fn flag(name: &str, value: impl AsRef<OsStr>) -> OsString {
     let mut flag = OsString::from(format!("--{name}="));
     flag.push(value);
     flag

@@ -6,7 +6,6 @@
 use std::{sync::MutexGuard, time::Duration};
 
 use anyhow::{Context, Result, anyhow};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
     components, kubeconfig,
@@ -77,6 +76,7 @@ impl ControlPlane {
                 .own_processes()
                 .and_then(|own| own.processes.ensure_running(&self.layout));
             let client = &client;
+            let etcd = &etcd;
             async move {
                 if let Err(exited) = running {
                     return Some(Err(exited));
@@ -109,17 +109,8 @@ impl ControlPlane {
 }
 
 /// Whether etcd answers `GET /health` with `"health":"true"`.
-async fn etcd_is_healthy(address: (&str, u16)) -> bool {
-    let answer = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await?;
-        stream
-            .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        std::io::Result::Ok(response)
-    };
-    answer
+async fn etcd_is_healthy(address: &str) -> bool {
+    wait::http_get(address, "/health")
         .await
         .is_ok_and(|response| response.contains(r#""health":"true""#))
 }

@@ -18,6 +18,24 @@ const CLUSTER_NAME: &str = "replika-testenv";
 
 /// The admin kubeconfig of a plane being started, serving at `server`.
 pub(crate) fn admin_of_new_plane(layout: &Layout, server: &str) -> Kubeconfig {
+    with_certificate(
+        layout,
+        server,
+        pki::ADMIN_USER,
+        pki::ADMIN_CERT,
+        pki::ADMIN_KEY,
+    )
+}
+
+/// A kubeconfig for `server` that authenticates as `user` with the client
+/// certificate and key of the layout's `pki` directory named `cert` and `key`.
+pub(crate) fn with_certificate(
+    layout: &Layout,
+    server: &str,
+    user: &str,
+    cert: &str,
+    key: &str,
+) -> Kubeconfig {
     let path = |file| Some(layout.pki(file).display().to_string());
     let cluster = Cluster {
         server: Some(server.to_owned()),
@@ -25,11 +43,11 @@ pub(crate) fn admin_of_new_plane(layout: &Layout, server: &str) -> Kubeconfig {
         ..Cluster::default()
     };
     let auth = AuthInfo {
-        client_certificate: path(pki::ADMIN_CERT),
-        client_key: path(pki::ADMIN_KEY),
+        client_certificate: path(cert),
+        client_key: path(key),
         ..AuthInfo::default()
     };
-    single(cluster, pki::ADMIN_USER, auth)
+    single(cluster, user, auth)
 }
 
 /// A running plane's admin access, read from its kubeconfig's current context.

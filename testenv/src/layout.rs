@@ -9,6 +9,7 @@
 //! <dir>/identities/         kubeconfigs and tokens handed out to tests
 //! <dir>/kubectl-cache/      kubectl's discovery cache for this plane
 //! <dir>/bin/kubectl         symlink to the kubectl that matches the plane
+//! <dir>/node/               a cluster's worker node (see crate::node)
 //! ```
 
 use std::{
@@ -20,7 +21,7 @@ use anyhow::{Context, Result};
 
 /// Everything a plane creates in its directory, except `logs`, which is kept
 /// after `testenv down` for post-mortems and truncated by the next start.
-const DISPOSABLE: [&str; 7] = [
+const DISPOSABLE: [&str; 8] = [
     "kubeconfig",
     "pki",
     "etcd",
@@ -28,6 +29,7 @@ const DISPOSABLE: [&str; 7] = [
     "identities",
     "kubectl-cache",
     "bin",
+    "node",
 ];
 
 /// The paths of one control plane's files.
@@ -65,6 +67,14 @@ impl Layout {
         DISPOSABLE
             .iter()
             .try_for_each(|entry| remove(&self.root.join(entry)))
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn node_dir(&self) -> PathBuf {
+        self.root.join("node")
     }
 
     pub(crate) fn kubeconfig(&self) -> PathBuf {

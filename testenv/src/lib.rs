@@ -14,6 +14,9 @@
 //! [`ControlPlane::stop_component`] and [`ControlPlane::start_component`]. The
 //! `testenv` binary starts a long-lived plane for local development (`make
 //! control-plane`).
+//!
+//! [`Cluster`] adds a real worker node to a plane (`make cluster`): pods run,
+//! Services work, and Replika runs from its image (`make deploy`).
 
 mod binaries;
 mod command;
@@ -24,6 +27,7 @@ mod kubeconfig;
 mod kubectl;
 mod layout;
 mod namespace;
+mod node;
 mod pki;
 mod plane;
 mod process;
@@ -36,6 +40,7 @@ pub use command::{CommandOutput, run};
 pub use faults::Component;
 pub use identity::Identity;
 pub use namespace::TestNamespace;
+pub use node::{Cluster, Install};
 pub use plane::ControlPlane;
 pub use wait::wait_for;
 pub use watchdog::stop_when_we_end;

@@ -14,7 +14,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 
-use crate::layout::Layout;
+use crate::{components::Topology, layout::Layout, node::network};
 
 pub(crate) const CA_CERT: &str = "ca.crt";
 pub(crate) const APISERVER_CERT: &str = "apiserver.crt";
@@ -26,22 +26,45 @@ pub(crate) const SERVICE_ACCOUNT_KEY: &str = "service-account.key";
 /// Verifies ServiceAccount tokens (API server).
 pub(crate) const SERVICE_ACCOUNT_PUBLIC_KEY: &str = "service-account.pub";
 
+pub(crate) const KUBELET_CERT: &str = "kubelet.crt";
+pub(crate) const KUBELET_KEY: &str = "kubelet.key";
+pub(crate) const PROXY_CERT: &str = "kube-proxy.crt";
+pub(crate) const PROXY_KEY: &str = "kube-proxy.key";
+
 /// The identity behind the admin kubeconfig; `system:masters` bypasses RBAC.
 pub(crate) const ADMIN_USER: &str = "admin";
 const ADMIN_GROUP: &str = "system:masters";
+/// The Node authorizer and NodeRestriction know a kubelet by this group and
+/// the user `system:node:<node name>`.
+const NODES_GROUP: &str = "system:nodes";
+/// Bound to the ClusterRole `system:node-proxier` by the default RBAC policy.
+pub(crate) const PROXY_USER: &str = "system:kube-proxy";
 
 /// Writes a fresh set of certificates and keys into the layout's `pki` directory.
-pub(crate) fn write(layout: &Layout) -> Result<()> {
+pub(crate) fn write(layout: &Layout, topology: Topology) -> Result<()> {
     let ca = CertifiedIssuer::self_signed(ca_params(), KeyPair::generate()?)?;
     write_file(&layout.pki(CA_CERT), &ca.pem(), PUBLIC)?;
     issue(
         layout,
         &ca,
-        &serving_params()?,
+        &serving_params(topology)?,
         APISERVER_CERT,
         APISERVER_KEY,
     )?;
-    issue(layout, &ca, &admin_params(), ADMIN_CERT, ADMIN_KEY)?;
+    issue(
+        layout,
+        &ca,
+        &client_params(ADMIN_USER, Some(ADMIN_GROUP)),
+        ADMIN_CERT,
+        ADMIN_KEY,
+    )?;
+    if topology == Topology::WithNode {
+        let user = format!("system:node:{}", network::NODE_NAME);
+        let kubelet = client_params(&user, Some(NODES_GROUP));
+        issue(layout, &ca, &kubelet, KUBELET_CERT, KUBELET_KEY)?;
+        let proxy = client_params(PROXY_USER, None);
+        issue(layout, &ca, &proxy, PROXY_CERT, PROXY_KEY)?;
+    }
 
     let service_account = KeyPair::generate()?;
     write_file(
@@ -69,9 +92,20 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-/// The API server is reached as `https://127.0.0.1:<port>` (or `localhost`).
-fn serving_params() -> Result<CertificateParams> {
-    let mut params = CertificateParams::new(["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+/// The API server is reached as `https://127.0.0.1:<port>` (or `localhost`),
+/// and in a cluster also on the bridge address and, from pods, through the
+/// `kubernetes` Service.
+fn serving_params(topology: Topology) -> Result<CertificateParams> {
+    let mut names = vec!["127.0.0.1", "localhost"];
+    if topology == Topology::WithNode {
+        names.extend([
+            network::BRIDGE_IP,
+            network::KUBERNETES_SERVICE_IP,
+            "kubernetes.default.svc",
+        ]);
+    }
+    let mut params =
+        CertificateParams::new(names.into_iter().map(str::to_owned).collect::<Vec<_>>())?;
     params
         .distinguished_name
         .push(DnType::CommonName, "kube-apiserver");
@@ -81,14 +115,14 @@ fn serving_params() -> Result<CertificateParams> {
 }
 
 /// The API server takes the user name from CN and the groups from O.
-fn admin_params() -> CertificateParams {
+fn client_params(user: &str, group: Option<&str>) -> CertificateParams {
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, ADMIN_USER);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, ADMIN_GROUP);
+    params.distinguished_name.push(DnType::CommonName, user);
+    if let Some(group) = group {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, group);
+    }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params

@@ -15,11 +15,11 @@ use kube::Api;
 
 use crate::{
     binaries,
-    components::{self, Ports},
+    components::{self, Ports, Topology},
     kubeconfig,
     kubectl::{KUBECTL, Kubectl},
     layout::Layout,
-    pki,
+    node, pki,
     process::{self, Processes},
     runtime, wait,
 };
@@ -61,25 +61,31 @@ impl ControlPlane {
     /// The processes outlive the returned value and this process: stop them
     /// with [`ControlPlane::stop`]. If the start fails, they are killed.
     pub fn start(dir: &Path) -> Result<ControlPlane> {
-        let bin_dir = binaries::locate()?;
+        Self::start_as(dir, Topology::PlaneOnly)
+    }
+
+    /// [`ControlPlane::start`], with a worker node for [`crate::Cluster`].
+    pub(crate) fn start_as(dir: &Path, topology: Topology) -> Result<ControlPlane> {
+        let bin_dir = binaries::locate(topology)?;
         let layout = Layout::new(dir)?;
         layout.prepare()?;
-        pki::write(&layout)?;
-        let ports = Ports::pick()?;
-        let admin = kubeconfig::admin_of_new_plane(&layout, &ports.apiserver_url());
-        kubeconfig::write(&layout.kubeconfig(), &admin)?;
-        std::os::unix::fs::symlink(bin_dir.join(KUBECTL), layout.kubectl_link())
-            .context("cannot link kubectl")?;
-
         let mut processes = Processes::default();
-        let started = launch(&mut processes, &layout, &bin_dir, &ports)
-            .and_then(|()| runtime::block_on(wait_until_working(&layout, &processes))?);
-        if let Err(error) = started {
-            processes.kill();
-            let logs = layout.logs_dir();
-            let context = format!("cannot start a control plane (logs in {})", logs.display());
-            return Err(error.context(context));
-        }
+        let started = start_processes(&mut processes, &layout, &bin_dir, topology);
+        let ports = match started {
+            Ok(ports) => ports,
+            Err(error) => {
+                let mut context = format!(
+                    "cannot start a control plane (logs in {})",
+                    layout.logs_dir().display()
+                );
+                // The node's containers go while containerd still runs.
+                if let Err(left) = node::tear_down(&layout) {
+                    context.push_str(&format!("; and {left:#}"));
+                }
+                processes.kill();
+                return Err(error.context(context));
+            }
+        };
         Ok(ControlPlane {
             kubeconfig: layout.kubeconfig(),
             kubectl: Kubectl::new(&bin_dir, &layout),
@@ -100,6 +106,7 @@ impl ControlPlane {
     /// its files, except its logs. Does nothing where there is no plane.
     pub fn stop(dir: &Path) -> Result<()> {
         let layout = Layout::new(dir)?;
+        node::tear_down(&layout)?;
         process::kill_recorded(&layout)?;
         layout.remove_disposable()
     }
@@ -119,7 +126,7 @@ impl ControlPlane {
         let identities = layout.identities();
         fs::create_dir_all(&identities)
             .with_context(|| format!("cannot create {}", identities.display()))?;
-        let bin_dir = binaries::locate()?;
+        let bin_dir = binaries::locate(Topology::PlaneOnly)?;
         Ok(ControlPlane {
             kubeconfig: kubeconfig.to_owned(),
             kubectl: Kubectl::new(&bin_dir, &layout),
@@ -175,6 +182,38 @@ impl ControlPlane {
                 )
             })
     }
+}
+
+/// Writes the plane's certificates and kubeconfig, starts its processes (and
+/// the node's, with one), and waits until they work.
+fn start_processes(
+    processes: &mut Processes,
+    layout: &Layout,
+    bin_dir: &Path,
+    topology: Topology,
+) -> Result<Ports> {
+    if topology == Topology::WithNode {
+        node::prepare(layout)?;
+    }
+    pki::write(layout, topology)?;
+    let ports = Ports::pick(topology)?;
+    let admin = kubeconfig::admin_of_new_plane(layout, &ports.apiserver_url());
+    kubeconfig::write(&layout.kubeconfig(), &admin)?;
+    std::os::unix::fs::symlink(bin_dir.join(KUBECTL), layout.kubectl_link())
+        .context("cannot link kubectl")?;
+    launch(processes, layout, bin_dir, &ports)?;
+    if topology == Topology::WithNode {
+        node::launch(processes, layout, bin_dir, &ports)?;
+    }
+    runtime::block_on(async {
+        wait_until_working(layout, processes).await?;
+        if topology == Topology::WithNode {
+            let client = kubeconfig::client(&layout.kubeconfig()).await?;
+            node::wait_ready(client, layout, processes).await?;
+        }
+        anyhow::Ok(())
+    })??;
+    Ok(ports)
 }
 
 fn launch(processes: &mut Processes, layout: &Layout, bin_dir: &Path, ports: &Ports) -> Result<()> {

@@ -47,10 +47,21 @@ impl Processes {
         program: &Path,
         args: Vec<OsString>,
     ) -> Result<()> {
+        self.spawn_with_env(layout, program, args, &[])
+    }
+
+    /// [`Processes::spawn`] with `env` added to the inherited environment.
+    pub(crate) fn spawn_with_env(
+        &mut self,
+        layout: &Layout,
+        program: &Path,
+        args: Vec<OsString>,
+        env: &[(&str, OsString)],
+    ) -> Result<()> {
         let log_path = layout.log(&file_name(program)?);
         let log = fs::File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
-        self.spawn_logging_to(log, layout, program, args)
+        self.spawn_logging_to(log, layout, program, args, env)
     }
 
     /// Starts `program` again after [`Processes::stop`], appending to its log
@@ -72,7 +83,7 @@ impl Processes {
             .open(&log_path)
             .with_context(|| format!("cannot open {}", log_path.display()))?;
         writeln!(log, "---- testenv: {name} started again ----")?;
-        self.spawn_logging_to(log, layout, program, args)
+        self.spawn_logging_to(log, layout, program, args, &[])
     }
 
     fn spawn_logging_to(
@@ -81,10 +92,12 @@ impl Processes {
         layout: &Layout,
         program: &Path,
         args: Vec<OsString>,
+        env: &[(&str, OsString)],
     ) -> Result<()> {
         let name = file_name(program)?;
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -146,14 +159,37 @@ impl Processes {
 /// waits until they are gone. The plane's data is thrown away afterwards, so
 /// SIGKILL: there is nothing to shut down gracefully.
 pub(crate) fn kill_recorded(layout: &Layout) -> Result<()> {
+    recorded(layout)?
+        .iter()
+        .try_for_each(|(name, pid)| kill_and_wait(*pid, name))
+}
+
+/// [`kill_recorded`] for the processes called `name` only.
+pub(crate) fn kill_recorded_named(layout: &Layout, name: &str) -> Result<()> {
+    recorded(layout)?
+        .iter()
+        .filter(|(recorded, _)| recorded == name)
+        .try_for_each(|(name, pid)| kill_and_wait(*pid, name))
+}
+
+/// Whether the process recorded as `name` runs.
+pub(crate) fn recorded_is_running(layout: &Layout, name: &str) -> Result<bool> {
+    Ok(recorded(layout)?
+        .iter()
+        .any(|(recorded, pid)| recorded == name && is_running(*pid, name)))
+}
+
+/// The names and pids recorded under `<dir>/state`.
+fn recorded(layout: &Layout) -> Result<Vec<(String, u32)>> {
     let state_dir = layout.state_dir();
     let entries = match fs::read_dir(&state_dir) {
         Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(error) => {
             return Err(error).with_context(|| format!("cannot read {}", state_dir.display()));
         }
     };
+    let mut found = Vec::new();
     for entry in entries {
         let path = entry?.path();
         let Some(name) = path.file_stem().and_then(|stem| stem.to_str()) else {
@@ -162,9 +198,9 @@ pub(crate) fn kill_recorded(layout: &Layout) -> Result<()> {
         let Ok(pid) = fs::read_to_string(&path)?.trim().parse::<u32>() else {
             continue;
         };
-        kill_and_wait(pid, name)?;
+        found.push((name.to_owned(), pid));
     }
-    Ok(())
+    Ok(found)
 }
 
 fn kill_and_wait(pid: u32, name: &str) -> Result<()> {
@@ -207,7 +243,7 @@ fn is_alive(pid: u32) -> bool {
     !matches!(state, None | Some('Z' | 'X'))
 }
 
-fn is_running(pid: u32, name: &str) -> bool {
+pub(crate) fn is_running(pid: u32, name: &str) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };

@@ -42,3 +42,15 @@ where
         sleep_until((now + POLL_INTERVAL).min(give_up)).await;
     }
 }
+
+/// `GET path` over plain HTTP/1.0 to `address` (`host:port`), as
+/// health endpoints on loopback answer it; the whole response.
+pub(crate) async fn http_get(address: &str, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}

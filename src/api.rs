@@ -31,6 +31,11 @@ pub const ANNOTATION_AUTHOR: &str = "replika.prosimcorp.com/author";
 pub const ANNOTATION_AUTHOR_SIGNATURE: &str = "replika.prosimcorp.com/author-signature";
 /// Finalizer that lets `policy.onReplikaDeleted` act before the Replika goes.
 pub const FINALIZER: &str = "replika.prosimcorp.com/cleanup";
+/// Finalizer of the earlier Go operator, taken over (replaced by [`FINALIZER`]).
+pub const LEGACY_FINALIZER: &str = "replika.prosimcorp.com/finalizer";
+/// Set by an update (`replika attest`) to ask the webhooks to sign the requesting
+/// user as the Replika's author; the mutating webhook removes it again.
+pub const ANNOTATION_ATTEST: &str = "replika.prosimcorp.com/attest";
 
 /// Desired state of a Replika: one source object copied into a set of namespaces.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -35,6 +35,8 @@ use crate::domain::attestation::{Attestation, AttestationProblem, Author, Signer
 use crate::domain::validation::ReplikaPlan;
 use crate::sync;
 
+/// How the API server names ServiceAccounts.
+const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 /// The Secret data key holding the signing key.
 const KEY_FIELD: &str = "signing-key";
 /// Bytes of a new signing key.
@@ -54,14 +56,22 @@ pub enum AuthorizationError {
     Random,
     #[error("cannot learn the operator's own identity (SelfSubjectReview): {0}")]
     Identity(#[source] kube::Error),
+    #[error(
+        "the API server named no user for the operator's own identity (SelfSubjectReview); without it the operator could be mistaken for an author"
+    )]
+    Anonymous,
 }
 
 /// The operator's signing key and identity, and the access reviews made with them.
 pub struct Authorizer {
     client: Client,
     signer: Signer,
-    /// The operator's own user name: it never becomes a Replika's author.
-    operator: String,
+    /// The operator's own identity: it never becomes a Replika's author, except
+    /// in development mode ([`Authorizer::authorize_unsigned_as_self`]).
+    operator: Author,
+    /// Development mode: a Replika that carries no attestation at all is
+    /// authorized as the operator's own identity.
+    unsigned_as_self: bool,
     reviews: ReviewCache,
 }
 
@@ -108,22 +118,47 @@ impl Authorizer {
             .create(&PostParams::default(), &SelfSubjectReview::default())
             .await
             .map_err(AuthorizationError::Identity)?;
+        // Fail closed: an empty name would match every request that names no user.
         let operator = review
             .status
             .and_then(|status| status.user_info)
-            .and_then(|user| user.username)
-            .unwrap_or_default();
+            .map(|user| author(&user))
+            .filter(|operator| !operator.username.is_empty())
+            .ok_or(AuthorizationError::Anonymous)?;
         Ok(Authorizer {
             client,
             signer: Signer::new(&key.0),
             operator,
+            unsigned_as_self: false,
             reviews: ReviewCache::default(),
         })
     }
 
+    /// The identity the operator runs as.
+    pub fn identity(&self) -> &Author {
+        &self.operator
+    }
+
+    /// Development mode, for an operator run by a developer against a cluster
+    /// that cannot call its webhooks: Replikas with no attestation at all are
+    /// authorized as the operator's own identity (the developer's kubeconfig
+    /// user), whose access is still reviewed before every sync. A forged or
+    /// outdated attestation still blocks. Refused for a ServiceAccount, so an
+    /// installed operator can never run this way.
+    pub fn authorize_unsigned_as_self(mut self) -> Result<Self, String> {
+        if self.operator.username.starts_with(SERVICE_ACCOUNT_PREFIX) {
+            return Err(format!(
+                "unsigned Replikas cannot be authorized as {}: development mode is for a developer's own credentials, never for a ServiceAccount",
+                self.operator.username
+            ));
+        }
+        self.unsigned_as_self = true;
+        Ok(self)
+    }
+
     /// Whether `user` is this operator (whose own writes never make it an author).
     pub fn is_operator(&self, user: &UserInfo) -> bool {
-        user.username.as_deref() == Some(self.operator.as_str())
+        user.username.as_deref() == Some(self.operator.username.as_str())
     }
 
     pub fn signer(&self) -> &Signer {
@@ -136,12 +171,16 @@ impl Authorizer {
         replika: &Replika,
         plan: &ReplikaPlan,
     ) -> Result<Author, AttestationProblem> {
-        self.signer.verify(
+        match self.signer.verify_stored(
             &replika.namespace().unwrap_or_default(),
             &replika.name_any(),
+            replika.metadata.generate_name.as_deref(),
             plan,
             attestation(replika.annotations()).as_ref(),
-        )
+        ) {
+            Err(AttestationProblem::Missing) if self.unsigned_as_self => Ok(self.operator.clone()),
+            verified => verified,
+        }
     }
 
     /// Which of `checks` `author` may not do. An error means "could not tell".
@@ -251,14 +290,33 @@ type Question = (Subject, Vec<Access>);
 /// other than RBAC (webhook, ABAC) change without an object to watch.
 const ANSWER_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
+/// How long after an RBAC change answers are used but not remembered: the API
+/// server that answers a review may not have seen the change yet (its RBAC
+/// authorizer follows its own watch), and a stale "yes" must not be kept.
+const RBAC_SETTLING: Duration = Duration::from_secs(5);
+
 /// Access review answers, shared by concurrent askers; a full "yes" is kept
 /// until RBAC changes.
-#[derive(Default)]
 struct ReviewCache {
     /// Each answer with when it was asked.
     answers: Mutex<HashMap<Question, (Instant, Answer)>>,
     /// Whether each RBAC watch has its full list and is running.
     followed: [AtomicBool; 4],
+    /// When RBAC last changed (or a watch of it restarted), if ever.
+    last_change: Mutex<Option<Instant>>,
+    /// See [`RBAC_SETTLING`].
+    settling: Duration,
+}
+
+impl Default for ReviewCache {
+    fn default() -> Self {
+        ReviewCache {
+            answers: Mutex::default(),
+            followed: Default::default(),
+            last_change: Mutex::default(),
+            settling: RBAC_SETTLING,
+        }
+    }
 }
 
 impl ReviewCache {
@@ -270,24 +328,25 @@ impl ReviewCache {
         ask: impl FnOnce(Vec<Access>) -> BoxFuture<'static, Result<Vec<Access>, String>>,
     ) -> Result<Vec<Access>, String> {
         let key = (subject, checks.to_vec());
-        let answer = {
+        let (asked, answer) = {
             let mut answers = sync::lock(&self.answers);
             let fresh = |(asked, _): &(Instant, Answer)| asked.elapsed() < ANSWER_LIFETIME;
             match answers.get(&key).filter(|entry| fresh(entry)) {
-                Some((_, answer)) => answer.clone(),
+                Some(entry) => entry.clone(),
                 None => {
-                    let answer = ask(checks.to_vec()).shared();
-                    answers.insert(key.clone(), (Instant::now(), answer.clone()));
-                    answer
+                    let entry = (Instant::now(), ask(checks.to_vec()).shared());
+                    answers.insert(key.clone(), entry.clone());
+                    entry
                 }
             }
         };
         let result = answer.await;
         let allowed = result.as_ref().is_ok_and(Vec::is_empty);
-        if !allowed || !self.remembering() {
+        if !allowed || !self.remembering() || !self.settled_at(asked) {
             // Only a full "yes" is kept: a denial is asked again (a grant that
             // just landed counts at once), an error is no answer, and a "yes"
-            // under RBAC that is not being followed could be revoked unseen.
+            // under RBAC that is not being followed, or asked while a change
+            // may not have reached the authorizer, could be stale.
             sync::lock(&self.answers).remove(&key);
         }
         result
@@ -304,7 +363,14 @@ impl ReviewCache {
         self.forget();
     }
 
+    /// Whether an answer asked at `asked` came late enough after the last
+    /// RBAC change to reflect it.
+    fn settled_at(&self, asked: Instant) -> bool {
+        sync::lock(&self.last_change).is_none_or(|changed| asked >= changed + self.settling)
+    }
+
     fn forget(&self) {
+        *sync::lock(&self.last_change) = Some(Instant::now());
         sync::lock(&self.answers).clear();
     }
 }
@@ -398,8 +464,13 @@ mod tests {
         }
     }
 
+    /// A cache whose RBAC watches are all running, and which keeps answers
+    /// asked right after a change.
     fn followed() -> ReviewCache {
-        let cache = ReviewCache::default();
+        let cache = ReviewCache {
+            settling: Duration::ZERO,
+            ..ReviewCache::default()
+        };
         for index in 0..4 {
             cache.rbac_followed(index, true);
         }
@@ -435,6 +506,22 @@ mod tests {
             asks.load(Ordering::SeqCst),
             2,
             "an RBAC change forgets the answer"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_yes_asked_while_an_rbac_change_settles_is_used_but_not_kept() {
+        let (cache, asks) = (followed(), Arc::new(AtomicUsize::new(0)));
+        let cache = ReviewCache {
+            settling: Duration::from_secs(3600),
+            ..cache
+        };
+        ask(&cache, &asks, vec![]).await;
+        ask(&cache, &asks, vec![]).await;
+        assert_eq!(
+            asks.load(Ordering::SeqCst),
+            2,
+            "the authorizer may not have seen the change yet: asked again"
         );
     }
 

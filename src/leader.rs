@@ -204,6 +204,17 @@ async fn keep_lease(
     }
 }
 
+/// How long a holder that stopped renewing keeps the Lease: the duration its
+/// record states, which the holder itself chose, rather than this process's
+/// own setting — so that shortening `--lease-duration` in a rolling update
+/// never lets a new replica take the Lease from an old one that still writes.
+fn held_for(record_seconds: Option<i32>, own: Duration) -> Duration {
+    match record_seconds {
+        Some(seconds) if seconds > 0 => Duration::from_secs(u64::from(seconds.unsigned_abs())),
+        _ => own,
+    }
+}
+
 #[derive(Clone)]
 struct LeaseClient {
     api: Api<Lease>,
@@ -238,7 +249,9 @@ impl LeaseClient {
         };
         *observed = Some((holder.clone(), renewed, first_seen));
         let mine = holder.as_deref() == Some(me.as_str());
-        let free = holder.is_none() || first_seen.elapsed() >= self.settings.duration;
+        let free = holder.is_none()
+            || first_seen.elapsed()
+                >= held_for(spec.lease_duration_seconds, self.settings.duration);
         if !mine && !free {
             return Ok(false);
         }
@@ -321,5 +334,31 @@ impl LeaseClient {
 
     fn duration_seconds(&self) -> i32 {
         i32::try_from(self.settings.duration.as_secs().max(1)).unwrap_or(i32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_held_for_the_duration_its_record_states() {
+        let own = Duration::from_secs(5);
+        assert_eq!(
+            held_for(Some(15), own),
+            Duration::from_secs(15),
+            "a longer recorded duration is honoured"
+        );
+        assert_eq!(
+            held_for(Some(3), own),
+            Duration::from_secs(3),
+            "the holder's own promise"
+        );
+        assert_eq!(held_for(None, own), own, "no record: our own setting");
+        assert_eq!(
+            held_for(Some(0), own),
+            own,
+            "a nonsensical record: our own setting"
+        );
     }
 }

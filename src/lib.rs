@@ -1,6 +1,7 @@
 //! Replika: keeps copies of one namespaced object in many namespaces, in sync with its source.
 //!
 //! - [`api`]: the `Replika` custom resource.
+//! - [`attest`]: an admin vouching for existing Replikas (`replika attest`).
 //! - [`domain`]: pure rules (target namespaces, copies, validation) with no Kubernetes I/O.
 //! - [`controller`]: the reconciler and the watches that drive it.
 //! - [`webhook`]: the admission webhooks and their HTTPS server.
@@ -9,6 +10,7 @@
 //! - [`sync`]: locks that outlive a panic elsewhere.
 
 pub mod api;
+pub mod attest;
 pub mod authorization;
 pub mod controller;
 pub mod domain;

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::{Client, CustomResourceExt};
 use replika::api::Replika;
+use replika::attest::{Attested, Selection};
 use replika::authorization::Authorizer;
 use replika::controller::{self, Telemetry};
 use replika::domain::duration::parse_go_duration;
@@ -39,6 +40,21 @@ enum Command {
     Crd,
     /// Make a CA and a serving certificate for the webhook (ca.crt, tls.crt, tls.key).
     Certs(CertsArgs),
+    /// Vouch for existing Replikas (e.g. the earlier Go operator's): Replika's
+    /// webhooks review your access and sign you (your kubeconfig user) as their author.
+    Attest(AttestArgs),
+}
+
+#[derive(clap::Args)]
+struct AttestArgs {
+    /// The namespace of the Replikas (default: the kubeconfig context's namespace).
+    #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
+    namespace: Option<String>,
+    /// Every Replika in every namespace.
+    #[arg(short = 'A', long, conflicts_with = "names")]
+    all_namespaces: bool,
+    /// Replika names (default: every Replika of the namespace).
+    names: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -99,6 +115,11 @@ struct RunArgs {
     /// Leader election: this process's identity (the pod name in a cluster; the host name and process id otherwise).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Development mode, for a cluster that cannot call this process's webhooks:
+    /// Replikas with no author attestation replicate as this process's own
+    /// identity (your kubeconfig user), within its access. Refused for a ServiceAccount.
+    #[arg(long, env = "REPLIKA_AUTHORIZE_UNSIGNED_AS_SELF", conflicts_with = "webhook_bind", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    authorize_unsigned_as_self: bool,
 }
 
 #[derive(clap::Args)]
@@ -151,7 +172,58 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Certs(args) => write_certs(&args),
         Command::Run(args) => run(*args).await,
+        Command::Attest(args) => attest(args).await,
     }
+}
+
+async fn attest(args: AttestArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("no usable kubeconfig or in-cluster configuration")?;
+    let selection = if args.all_namespaces {
+        Selection::AllNamespaces
+    } else {
+        Selection::Namespace {
+            namespace: args
+                .namespace
+                .unwrap_or_else(|| client.default_namespace().to_string()),
+            names: args.names,
+        }
+    };
+    let attested = replika::attest::attest(client, selection)
+        .await
+        .context("listing the Replikas")?;
+    let width = |field: fn(&Attested) -> &str, title: &str| {
+        attested
+            .iter()
+            .map(|a| field(a).len())
+            .chain([title.len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (ns_width, name_width) = (
+        width(|a| &a.namespace, "NAMESPACE"),
+        width(|a| &a.name, "NAME"),
+    );
+    println!("{:ns_width$}  {:name_width$}  RESULT", "NAMESPACE", "NAME");
+    for one in &attested {
+        let result = match &one.result {
+            Ok(author) => format!("attested: author {author}"),
+            Err(why) => format!("FAILED: {why}"),
+        };
+        println!(
+            "{:ns_width$}  {:name_width$}  {result}",
+            one.namespace, one.name
+        );
+    }
+    let failed = attested.iter().filter(|a| a.result.is_err()).count();
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} Replika(s) could not be attested",
+            attested.len()
+        );
+    }
+    Ok(())
 }
 
 fn write_certs(args: &CertsArgs) -> anyhow::Result<()> {
@@ -216,6 +288,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
+    let authorizer = if args.authorize_unsigned_as_self {
+        authorizer
+            .authorize_unsigned_as_self()
+            .map_err(anyhow::Error::msg)?
+    } else {
+        authorizer
+    };
+    announce_admission_mode(&args, &authorizer);
+    let authorizer = Arc::new(authorizer);
     readiness.signing_key.set(true);
     // Access review answers are remembered while RBAC is unchanged.
     tokio::spawn(authorizer.clone().follow_rbac());
@@ -289,18 +370,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says in one line how Replikas get an author this process will replicate for.
+fn announce_admission_mode(args: &RunArgs, authorizer: &Authorizer) {
+    if let Some(bind) = args.webhook_bind {
+        info!(%bind, "admission: this process serves Replika's webhooks and signs the author of every Replika they admit");
+    } else if args.authorize_unsigned_as_self {
+        info!(
+            user = %authorizer.identity().username,
+            "admission: DEVELOPMENT MODE (--authorize-unsigned-as-self): no webhooks; a Replika without an author attestation replicates as this user, within this user's access"
+        );
+    } else {
+        info!(
+            "admission: no webhooks in this process; only Replikas whose author Replika's webhooks signed (an installed operator) replicate"
+        );
+    }
+}
+
 /// Loads the signing key, retrying (unready meanwhile) until it works or the
 /// process is asked to stop: missing RBAC is fixed without a restart.
 async fn load_authorizer(
     client: &Client,
     (namespace, name): &(String, String),
     stopped: impl Future<Output = ()>,
-) -> Option<Arc<Authorizer>> {
+) -> Option<Authorizer> {
     let mut retry = Duration::from_secs(1);
     let load = async {
         loop {
             match Authorizer::load(client.clone(), namespace, name).await {
-                Ok(authorizer) => return Arc::new(authorizer),
+                Ok(authorizer) => return authorizer,
                 Err(error) => {
                     error!(error = %anyhow::Error::from(error), retry_in = ?retry, "Replika authors cannot be signed or verified yet");
                     tokio::time::sleep(retry).await;

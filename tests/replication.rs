@@ -837,3 +837,53 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: carol}}]
         .expect("the copy is kept");
     assert_eq!(data_of(&copy), [("k".to_string(), "one".to_string())]);
 }
+
+#[tokio::test]
+async fn a_replika_created_with_generate_name_replicates() {
+    let h = harness();
+    let client = h.admin().await;
+    let (src, target) = (
+        namespace(&client, "generated-src").await,
+        namespace(&client, "generated-target").await,
+    );
+    create_configmap(&client, &src, "settings", &[("k", "v")]).await;
+    // `kubectl create` with metadata.generateName: the API server makes the
+    // name up after the webhooks have seen the request.
+    let manifest = replika_yaml(
+        "settings",
+        &src,
+        "ConfigMap",
+        "settings",
+        &list_targets(&[&target]),
+        "{}",
+    )
+    .replace(
+        "  name: settings\n  namespace:",
+        "  generateName: settings-\n  namespace:",
+    );
+    let file = std::env::temp_dir().join(format!("replika-generated-{}.yaml", std::process::id()));
+    std::fs::write(&file, &manifest).expect("writing the manifest");
+    let created = run(h
+        .plane
+        .kubectl()
+        .args(["create", "-o", "name", "-f"])
+        .arg(&file));
+    assert!(
+        created.status_ok,
+        "kubectl create failed: {}",
+        created.stderr
+    );
+    let name = created
+        .stdout
+        .trim()
+        .rsplit('/')
+        .next()
+        .expect("a name")
+        .to_string();
+    assert!(
+        name.starts_with("settings-") && name.len() > "settings-".len(),
+        "{name}"
+    );
+    wait_for_copy(&client, &target, "settings", &[("k", "v")]).await;
+    wait_for_condition(&client, &src, &name, "Ready", "True", "AllTargetsSynced").await;
+}

@@ -13,6 +13,8 @@ pub enum Error {
     CacheNotSynced,
     #[error("{0} copies could not be removed yet")]
     CleanupIncomplete(usize),
+    #[error("the copies of the deleted Replika cannot be cleaned up yet: {0}")]
+    CleanupBlocked(String),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
 }
@@ -25,6 +27,7 @@ impl Error {
             Error::Kind(_) => "discovery",
             Error::CacheNotSynced => "cache_not_synced",
             Error::CleanupIncomplete(_) => "cleanup_incomplete",
+            Error::CleanupBlocked(_) => "cleanup_blocked",
             Error::Finalizer(_) => "finalizer",
         }
     }

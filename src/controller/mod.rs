@@ -76,6 +76,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Verifies each Replika's author and reviews their access before any write.
     pub authorizer: Arc<Authorizer>,
+    /// Every Replika, as last seen (the controller's own cache).
+    pub replikas: reflector::Store<Replika>,
     /// Copies in sync per Replika UID, summed into the `copies_managed` gauge.
     pub synced_copies: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -141,6 +143,7 @@ pub async fn run(
         namespace_tx,
         health.clone(),
     ));
+    let (replika_store, replika_writer) = reflector::store();
     let written = Arc::new(copies::WrittenVersions::default());
     let reporter = Reporter {
         controller: MANAGER.into(),
@@ -156,10 +159,10 @@ pub async fn run(
         settings: settings.clone(),
         metrics: telemetry.metrics.clone(),
         authorizer,
+        replikas: replika_store.clone(),
         synced_copies: Default::default(),
     });
     info!("replication engine started");
-    let (replika_store, replika_writer) = reflector::store();
     let replika_changes = watcher::watcher(
         Api::<Replika>::all(client),
         watcher::Config::default().any_semantic(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::{StreamExt, stream};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -20,7 +20,9 @@ use super::kinds::{KindError, ServedKind, display};
 use super::status::{Blocked, PassResult, next_status, publish};
 use super::watches::{CopyCacheKey, WatchView};
 use super::{Context, Error};
-use crate::api::{ConflictPolicy, FINALIZER, Replika, ReplikaDeletedPolicy, SourceDeletedPolicy};
+use crate::api::{
+    ConflictPolicy, FINALIZER, LEGACY_FINALIZER, Replika, ReplikaDeletedPolicy, SourceDeletedPolicy,
+};
 use crate::domain::access::author_checks;
 use crate::domain::copy::{CopyTemplate, ExtraMetadata, Owner, Ownership};
 use crate::domain::targets::NamespaceView;
@@ -33,6 +35,26 @@ const RETRY_BLOCKED: Duration = Duration::from_secs(10);
 pub async fn reconcile(replika: Arc<Replika>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<Replika> =
         Api::namespaced(ctx.client.clone(), &replika.namespace().unwrap_or_default());
+    let deleting = replika.metadata.deletion_timestamp.is_some();
+    if replika.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
+        return take_over_legacy_finalizer(&api, &replika, deleting, &ctx).await;
+    }
+    if !deleting && !replika.finalizers().iter().any(|f| f == FINALIZER) {
+        // A spec stored past admission (before the webhooks existed) that does
+        // not validate is reported once; it gets no finalizer, since it never
+        // has copies to clean up, and no write that its webhook would refuse.
+        let namespace = replika.namespace().unwrap_or_default();
+        if let Err(problems) = validate(&replika.spec, &namespace) {
+            ctx.watches.forget(&ObjectRef::from_obj(&*replika));
+            report(
+                &ctx,
+                &replika,
+                PassResult::Blocked(Blocked::Invalid(problems)),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+    }
     finalizer(&api, FINALIZER, replika, |event| async {
         match event {
             FinalizerEvent::Apply(replika) => replicate(&replika, &ctx).await,
@@ -41,6 +63,50 @@ pub async fn reconcile(replika: Arc<Replika>, ctx: Arc<Context>) -> Result<Actio
     })
     .await
     .map_err(|error| Error::Finalizer(Box::new(error)))
+}
+
+/// The earlier Go operator's finalizer on a Replika it managed: a live one
+/// gets ours in its place (one guarded patch); a deleted one is cleaned up as
+/// ours would be, then released.
+async fn take_over_legacy_finalizer(
+    api: &Api<Replika>,
+    replika: &Replika,
+    deleting: bool,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    if !ctx.settings.leadership.is_valid() {
+        return Ok(Action::requeue(RETRY_BLOCKED));
+    }
+    if deleting {
+        cleanup(replika, ctx).await?;
+    }
+    let finalizers = replika.finalizers();
+    let ours = finalizers.iter().any(|f| f == FINALIZER);
+    let mut operations: Vec<serde_json::Value> = Vec::new();
+    // From the end, so that each removal leaves the earlier indices valid.
+    for (index, finalizer) in finalizers.iter().enumerate().rev() {
+        if finalizer == LEGACY_FINALIZER {
+            let path = format!("/metadata/finalizers/{index}");
+            operations
+                .push(serde_json::json!({"op": "test", "path": path, "value": LEGACY_FINALIZER}));
+            operations.push(if deleting || ours {
+                serde_json::json!({"op": "remove", "path": path})
+            } else {
+                serde_json::json!({"op": "replace", "path": path, "value": FINALIZER})
+            });
+        }
+    }
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(operations))
+        .map_err(|error| Error::Kube(kube::Error::SerdeError(error)))?;
+    api.patch(
+        &replika.name_any(),
+        &PatchParams::default(),
+        &Patch::Json::<()>(patch),
+    )
+    .await?;
+    info!(replika = %ObjectRef::from_obj(replika), deleting, "took over the earlier Go operator's finalizer");
+    // The patch is a change of finalizers: it brings the next pass.
+    Ok(Action::await_change())
 }
 
 /// Retries a failed pass with a short delay.
@@ -106,7 +172,16 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let Some(source) = caches.source.store.get(&source_key) else {
         let remove = plan.policy.on_source_deleted == SourceDeletedPolicy::Delete;
         if remove {
-            prune(&writer, &caches.copies, &owner, &BTreeSet::new(), ctx).await;
+            let inheritance = Inheritance::of(replika, &plan, &targets_of(&plan, ctx), ctx);
+            prune(
+                &writer,
+                &caches.copies,
+                &owner,
+                &inheritance,
+                &BTreeSet::new(),
+                ctx,
+            )
+            .await;
         }
         let blocked = Blocked::SourceNotFound {
             copies_removed: remove,
@@ -135,22 +210,15 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
-    let namespaces = ctx.namespaces.all();
-    let targets = plan.targets.select(
-        namespaces.iter().map(|ns| NamespaceView {
-            name: ns.metadata.name.as_deref().unwrap_or_default(),
-            labels: ns.labels(),
-            terminating: ns.metadata.deletion_timestamp.is_some(),
-        }),
-        &plan.source.namespace,
-    );
+    let targets = targets_of(&plan, ctx);
+    let inheritance = Inheritance::of(replika, &plan, &targets, ctx);
     let existing = caches.copies.store.snapshot();
 
     let source_changed_at = caches.source.health.last_change();
     let outcomes: BTreeMap<String, Outcome> = stream::iter(targets.iter().cloned())
         .map(|namespace| {
             let found = existing.get(&namespace).cloned();
-            let (writer, template, owner) = (&writer, &template, &owner);
+            let (writer, template, owner, inheritance) = (&writer, &template, &owner, &inheritance);
             async move {
                 let outcome = sync_one(
                     writer,
@@ -159,6 +227,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
                     template,
                     owner,
                     plan.policy.conflict,
+                    inheritance,
                 )
                 .await;
                 if let (Outcome::Created | Outcome::Updated | Outcome::Replaced, Some(changed)) =
@@ -177,7 +246,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     writer
         .upgrade_created(ctx.settings.max_parallel_writes)
         .await;
-    let pruned = prune(&writer, &caches.copies, &owner, &targets, ctx)
+    let pruned = prune(&writer, &caches.copies, &owner, &inheritance, &targets, ctx)
         .await
         .removed;
 
@@ -197,6 +266,87 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(plan.resync))
 }
 
+/// The namespaces `plan` targets now.
+fn targets_of(plan: &ReplikaPlan, ctx: &Context) -> BTreeSet<String> {
+    let namespaces = ctx.namespaces.all();
+    plan.targets.select(
+        namespaces.iter().map(|ns| NamespaceView {
+            name: ns.metadata.name.as_deref().unwrap_or_default(),
+            labels: ns.labels(),
+            terminating: ns.metadata.deletion_timestamp.is_some(),
+        }),
+        &plan.source.namespace,
+    )
+}
+
+/// Which copies made by others a Replika takes over:
+/// - the earlier Go operator's: its labels name the Replika but not its
+///   namespace, so a copy is inherited only in a namespace this Replika targets
+///   and no other Replika of the same name, copying the same kind and name,
+///   targets too; where one does, the copy is contested and left alone until
+///   an admin settles it;
+/// - a deleted predecessor's (same namespace and name, another UID), whose
+///   cleanup could not remove them: adopted once that Replika is gone.
+struct Inheritance {
+    /// Target namespaces whose inherited copy is this Replika's.
+    heritable: BTreeSet<String>,
+    /// The other Replikas (`namespace/name`) that could have made each contested copy.
+    contested: BTreeMap<String, Vec<String>>,
+    /// UIDs of the Replikas that exist (a predecessor among them is still cleaning up).
+    live: BTreeSet<String>,
+}
+
+impl Inheritance {
+    fn of(
+        replika: &Replika,
+        plan: &ReplikaPlan,
+        targets: &BTreeSet<String>,
+        ctx: &Context,
+    ) -> Self {
+        let mut contested: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let replikas = ctx.replikas.state();
+        let live = replikas.iter().filter_map(|other| other.uid()).collect();
+        let rivals = replikas
+            .into_iter()
+            .filter(|other| other.name_any() == replika.name_any() && other.uid() != replika.uid());
+        for rival in rivals {
+            let namespace = rival.namespace().unwrap_or_default();
+            let Ok(theirs) = validate(&rival.spec, &namespace) else {
+                continue;
+            };
+            if theirs.source.gvk != plan.source.gvk || theirs.source.name != plan.source.name {
+                continue;
+            }
+            for target in targets_of(&theirs, ctx).intersection(targets) {
+                contested
+                    .entry(target.clone())
+                    .or_default()
+                    .push(format!("{namespace}/{}", rival.name_any()));
+            }
+        }
+        let heritable = targets
+            .iter()
+            .filter(|namespace| !contested.contains_key(*namespace))
+            .cloned()
+            .collect();
+        Inheritance {
+            heritable,
+            contested,
+            live,
+        }
+    }
+
+    /// Whether `copy` is this Replika's to keep in sync and to remove.
+    fn claims(&self, copy: &CopyRecord, owner: &Owner) -> bool {
+        match copy.marks.ownership(owner) {
+            Ownership::Ours => true,
+            Ownership::Inherited => self.heritable.contains(&copy.namespace),
+            Ownership::Predecessor(uid) => !self.live.contains(&uid),
+            Ownership::OtherReplika(_) | Ownership::Unowned => false,
+        }
+    }
+}
+
 /// Resolves the kind and opens the watches, or says what blocks replication.
 /// Fails closed: why this pass must not write, unless the Replika carries a
 /// valid attestation of its author and that author may (still) read the source
@@ -211,7 +361,9 @@ async fn unauthorized(
         Ok(author) => author,
         Err(problem) => {
             return Some(Blocked::AuthorUnverified(format!(
-                "nothing is replicated because {problem}; apply it again through the API server with Replika's webhooks installed"
+                "nothing is replicated because {problem}; an admin can vouch for it with `replika attest -n {} {}` (docs/upgrade.md), or its author can change its spec through Replika's webhooks",
+                replika.namespace().unwrap_or_default(),
+                replika.name_any()
             )));
         }
     };
@@ -296,6 +448,7 @@ async fn sync_one(
     template: &CopyTemplate,
     owner: &Owner,
     conflict: ConflictPolicy,
+    inheritance: &Inheritance,
 ) -> Outcome {
     let Some(existing) = existing else {
         return writer.create(namespace, template).await;
@@ -308,6 +461,21 @@ async fn sync_one(
     match existing.marks.ownership(owner) {
         Ownership::Ours => writer.sync_owned(existing, template).await,
         Ownership::OtherReplika(other) => Outcome::Conflict(format!("the object is managed by Replika {other}")),
+        Ownership::Predecessor(_) if inheritance.claims(existing, owner) => {
+            writer.update(existing, template).await
+        }
+        Ownership::Predecessor(uid) => Outcome::Conflict(format!(
+            "the object belongs to the previous Replika of this name (UID {uid}), which is still being deleted"
+        )),
+        Ownership::Inherited => match inheritance.contested.get(namespace) {
+            // Adopted: from now on it carries this Replika's marks.
+            None => writer.update(existing, template).await,
+            Some(rivals) => Outcome::Conflict(format!(
+                "the earlier Go operator made this object for a Replika named {}, and Replikas {} of that name copy the same source here: delete the object and the first of them to sync makes it again as its own",
+                owner.name,
+                rivals.join(", ")
+            )),
+        },
         Ownership::Unowned if conflict == ConflictPolicy::Adopt => writer.update(existing, template).await,
         Ownership::Unowned => Outcome::Conflict(
             "an object with this name exists and is not managed by Replika (policy.conflict: Refuse)".into(),
@@ -327,6 +495,7 @@ async fn prune(
     writer: &CopyWriter<'_>,
     copies: &WatchView<CopyIndex>,
     owner: &Owner,
+    inheritance: &Inheritance,
     targets: &BTreeSet<String>,
     ctx: &Context,
 ) -> Pruned {
@@ -335,9 +504,7 @@ async fn prune(
         .all()
         .into_iter()
         .filter(|copy| {
-            copy.marks.ownership(owner) == Ownership::Ours
-                && !copy.deleting
-                && !targets.contains(&copy.namespace)
+            inheritance.claims(copy, owner) && !copy.deleting && !targets.contains(&copy.namespace)
         })
         .collect();
     stream::iter(stale)
@@ -367,38 +534,67 @@ async fn report(ctx: &Context, replika: &Replika, result: PassResult) -> Result<
 }
 
 /// Runs when the Replika is deleted: removes or releases its copies, then forgets it.
+/// Anything that keeps it from seeing its copies (a spec that does not
+/// validate, a watch that fails, a missing grant) keeps the finalizer and is
+/// retried, with the reason in status; only a kind that is not served, or is
+/// cluster-scoped, can have no copies.
 async fn cleanup(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let replika_ref = ObjectRef::from_obj(replika);
     let owner = owner_of(replika);
-    if let Ok(plan) = validate(&replika.spec, &owner.namespace) {
-        match open_caches(replika, &plan, ctx).await? {
+    let blocked = match validate(&replika.spec, &owner.namespace) {
+        Err(problems) => Some(Blocked::Invalid(problems)),
+        Ok(plan) => match open_caches(replika, &plan, ctx).await? {
             CacheState::Ready(caches) => {
-                let writer = ctx.copy_writer(&caches.kind.resource, &owner.uid);
-                match plan.policy.on_replika_deleted {
-                    ReplikaDeletedPolicy::Delete => {
-                        let pruned =
-                            prune(&writer, &caches.copies, &owner, &BTreeSet::new(), ctx).await;
-                        if pruned.failed > 0 {
-                            return Err(Error::CleanupIncomplete(pruned.failed));
-                        }
-                        info!(replika = %replika_ref, removed = pruned.removed, "removed the copies of a deleted Replika");
-                    }
-                    ReplikaDeletedPolicy::Orphan => {
-                        release_all(&writer, &caches.copies, &owner).await?
-                    }
-                }
+                remove_or_release(replika, &plan, &caches, &owner, ctx).await?;
+                None
             }
-            // A kind that is not served (or not granted) has no copies Replika could reach.
-            CacheState::Blocked(blocked) => {
-                info!(replika = %replika_ref, ?blocked, "no copies to clean up")
+            CacheState::Blocked(Blocked::KindNotServed(_) | Blocked::Invalid(_)) => {
+                info!(replika = %replika_ref, "its kind is not served or cluster-scoped: no copies to clean up");
+                None
             }
+            CacheState::Blocked(blocked) => Some(blocked),
             CacheState::Syncing => return Err(Error::CacheNotSynced),
-        }
+        },
+    };
+    if let Some(blocked) = blocked {
+        report(ctx, replika, PassResult::Blocked(blocked.clone())).await?;
+        return Err(Error::CleanupBlocked(blocked.to_string()));
     }
     ctx.watches.forget(&replika_ref);
     ctx.written.forget_owner(&owner.uid);
     ctx.record_synced(&owner.uid, None);
     Ok(Action::await_change())
+}
+
+/// Removes the copies of a deleted Replika, or releases them (`onReplikaDeleted`).
+async fn remove_or_release(
+    replika: &Replika,
+    plan: &ReplikaPlan,
+    caches: &Caches,
+    owner: &Owner,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let writer = ctx.copy_writer(&caches.kind.resource, &owner.uid);
+    match plan.policy.on_replika_deleted {
+        ReplikaDeletedPolicy::Delete => {
+            let inheritance = Inheritance::of(replika, plan, &targets_of(plan, ctx), ctx);
+            let pruned = prune(
+                &writer,
+                &caches.copies,
+                owner,
+                &inheritance,
+                &BTreeSet::new(),
+                ctx,
+            )
+            .await;
+            if pruned.failed > 0 {
+                return Err(Error::CleanupIncomplete(pruned.failed));
+            }
+            info!(replika = %ObjectRef::from_obj(replika), removed = pruned.removed, "removed the copies of a deleted Replika");
+            Ok(())
+        }
+        ReplikaDeletedPolicy::Orphan => release_all(&writer, &caches.copies, owner).await,
+    }
 }
 
 async fn release_all(

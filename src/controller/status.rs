@@ -64,6 +64,13 @@ impl Blocked {
     }
 }
 
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (reason, message) = self.reason_and_message();
+        write!(f, "{reason}: {message}")
+    }
+}
+
 /// The result of one pass over one Replika.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PassResult {

@@ -108,6 +108,46 @@ impl Signer {
     }
 }
 
+/// Marks a name signed before the API server generated it: no real name holds it.
+const GENERATED: char = '*';
+
+/// The name to sign for a Replika being admitted: its name, or, for a create
+/// with `metadata.generateName` (the API server makes the name up after
+/// admission), the prefix followed by `*`. Such an attestation holds for any
+/// name with that prefix, in the same namespace, for the same scope and author.
+pub fn name_to_sign(name: &str, generate_name: Option<&str>) -> String {
+    match generate_name {
+        Some(prefix) if name.is_empty() => format!("{prefix}{GENERATED}"),
+        _ => name.to_string(),
+    }
+}
+
+impl Signer {
+    /// [`Signer::verify`] for a stored Replika, which may have been attested
+    /// before its name was generated from `generate_name`.
+    pub fn verify_stored(
+        &self,
+        namespace: &str,
+        name: &str,
+        generate_name: Option<&str>,
+        plan: &ReplikaPlan,
+        attestation: Option<&Attestation>,
+    ) -> Result<Author, AttestationProblem> {
+        let exact = self.verify(namespace, name, plan, attestation);
+        match generate_name {
+            Some(prefix) if exact.is_err() && name.starts_with(prefix) => self
+                .verify(
+                    namespace,
+                    &name_to_sign("", Some(prefix)),
+                    plan,
+                    attestation,
+                )
+                .or(exact),
+            _ => exact,
+        }
+    }
+}
+
 /// What is signed: the Replika's identity, its scope, and the author, each
 /// unambiguously delimited (JSON), so no two different inputs share a message.
 fn message(namespace: &str, name: &str, plan: &ReplikaPlan, author: &str) -> Vec<u8> {
@@ -200,6 +240,42 @@ mod tests {
         assert_eq!(
             Signer::new(b"other key").verify("team-a", "db", &plan("team-b"), Some(&attestation)),
             mismatch
+        );
+    }
+
+    #[test]
+    fn an_attestation_made_before_the_name_was_generated_holds_for_that_prefix_only() {
+        let signer = Signer::new(b"key");
+        let signed = name_to_sign("", Some("db-"));
+        let attestation = signer.attest("team-a", &signed, &plan("team-b"), &alice());
+        let verify = |name: &str, generate_name: Option<&str>| {
+            signer
+                .verify_stored(
+                    "team-a",
+                    name,
+                    generate_name,
+                    &plan("team-b"),
+                    Some(&attestation),
+                )
+                .map(|author| author.username)
+        };
+        assert_eq!(verify("db-x7k2p", Some("db-")), Ok("alice".into()));
+        assert!(
+            verify("db-x7k2p", None).is_err(),
+            "only for a generated name"
+        );
+        assert!(
+            verify("web-x7k2p", Some("db-")).is_err(),
+            "only with that prefix"
+        );
+        assert!(
+            verify("web-x7k2p", Some("web-")).is_err(),
+            "only the prefix signed"
+        );
+        assert_eq!(
+            name_to_sign("db", Some("db-")),
+            "db",
+            "a given name is signed as it is"
         );
     }
 

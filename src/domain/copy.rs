@@ -38,6 +38,12 @@ pub enum Ownership {
     Ours,
     /// Written by another Replika (`namespace/name`), or by an earlier Replika of the same name.
     OtherReplika(String),
+    /// Written by the earlier Go operator for a Replika of this name: its
+    /// labels name the Replika but not its namespace or UID.
+    Inherited,
+    /// Written by an earlier Replika of the same namespace and name (UID as
+    /// given), deleted since or being deleted.
+    Predecessor(String),
     /// Not written by Replika at all.
     Unowned,
 }
@@ -213,6 +219,8 @@ fn content_hash(body: &Value) -> String {
 pub struct CopyMarks {
     /// Labelled as created by Replika (by this operator or the seed's).
     pub created_by_replika: bool,
+    /// Name of the Replika it was made for (the seed's `part-of` label).
+    pub part_of: Option<String>,
     /// `namespace/name` of the Replika that wrote it.
     pub owner: Option<String>,
     pub owner_uid: Option<String>,
@@ -225,6 +233,7 @@ impl CopyMarks {
         CopyMarks {
             created_by_replika: labels.get(LABEL_CREATED_BY).map(String::as_str)
                 == Some(CREATED_BY_VALUE),
+            part_of: labels.get(LABEL_PART_OF).cloned(),
             owner: annotations.get(ANNOTATION_OWNER).cloned(),
             owner_uid: annotations.get(ANNOTATION_OWNER_UID).cloned(),
             content_hash: annotations.get(ANNOTATION_CONTENT_HASH).cloned(),
@@ -238,12 +247,20 @@ impl CopyMarks {
         }
         match &self.owner_uid {
             Some(uid) if *uid == owner.uid => Ownership::Ours,
+            // Names are unique: a different UID under our name is an earlier Replika.
+            Some(uid)
+                if self.owner.as_deref()
+                    == Some(format!("{}/{}", owner.namespace, owner.name).as_str()) =>
+            {
+                Ownership::Predecessor(uid.clone())
+            }
             Some(_) => Ownership::OtherReplika(
                 self.owner
                     .clone()
                     .unwrap_or_else(|| "an unknown Replika".into()),
             ),
             // Labelled by Replika but without an owner UID: written by the seed operator.
+            None if self.part_of.as_deref() == Some(owner.name.as_str()) => Ownership::Inherited,
             None => Ownership::Unowned,
         }
     }
@@ -414,6 +431,42 @@ mod tests {
         );
         assert_eq!(ownership(&none, &ours), Ownership::Unowned);
         assert_eq!(ownership(&labels, &none), Ownership::Unowned);
+    }
+
+    #[test]
+    fn the_seed_operators_copies_are_inherited_by_the_replika_they_name() {
+        let seed_labels = |part_of: &str| {
+            BTreeMap::from([
+                (LABEL_CREATED_BY.to_string(), CREATED_BY_VALUE.to_string()),
+                (LABEL_PART_OF.to_string(), part_of.to_string()),
+            ])
+        };
+        let ownership = |labels: &BTreeMap<String, String>,
+                         annotations: &BTreeMap<String, String>| {
+            CopyMarks::read(labels, annotations).ownership(&owner())
+        };
+        let none = BTreeMap::new();
+        assert_eq!(
+            ownership(&seed_labels("creds"), &none),
+            Ownership::Inherited
+        );
+        assert_eq!(ownership(&seed_labels("other"), &none), Ownership::Unowned);
+        // Once adopted (or made by us) the UID decides, whatever the label says.
+        let theirs = BTreeMap::from([(ANNOTATION_OWNER_UID.to_string(), "uid-2".to_string())]);
+        assert_eq!(
+            ownership(&seed_labels("creds"), &theirs),
+            Ownership::OtherReplika("an unknown Replika".into())
+        );
+        let predecessor = BTreeMap::from([
+            (ANNOTATION_OWNER_UID.to_string(), "uid-0".to_string()),
+            (ANNOTATION_OWNER.to_string(), "platform/creds".to_string()),
+        ]);
+        assert_eq!(
+            ownership(&seed_labels("creds"), &predecessor),
+            Ownership::Predecessor("uid-0".into())
+        );
+        let part_of_only = BTreeMap::from([(LABEL_PART_OF.to_string(), "creds".to_string())]);
+        assert_eq!(ownership(&part_of_only, &none), Ownership::Unowned);
     }
 
     #[test]

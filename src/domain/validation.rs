@@ -66,7 +66,14 @@ const REFUSED_KINDS: &[(&str, &str, &str)] = &[
         "LocalSubjectAccessReview",
         "reviews are requests, not objects",
     ),
+    ("rbac.authorization.k8s.io", "Role", RBAC_REFUSED),
+    ("rbac.authorization.k8s.io", "RoleBinding", RBAC_REFUSED),
 ];
+
+/// Copying RBAC objects would have the operator grant rights: an author who
+/// may create Roles or RoleBindings still may not hold, `bind` or `escalate`
+/// what they grant, and the operator's own `bind`/`escalate` would stand in.
+const RBAC_REFUSED: &str = "Roles and RoleBindings are never copied: the operator would grant rights its author may not hold (bind/escalate); manage them with a tool that checks those rights";
 
 /// A Replika spec that passed every check, with its defaults applied.
 #[derive(Clone, Debug, PartialEq)]
@@ -313,6 +320,8 @@ mod tests {
     fn refused_kinds_include_events_and_leases() {
         assert!(refused_kind_reason("", "Event").is_some());
         assert!(refused_kind_reason("coordination.k8s.io", "Lease").is_some());
+        assert!(refused_kind_reason("rbac.authorization.k8s.io", "Role").is_some());
+        assert!(refused_kind_reason("rbac.authorization.k8s.io", "RoleBinding").is_some());
         assert!(refused_kind_reason("", "Secret").is_none());
         assert!(refused_kind_reason("monitoring.coreos.com", "AlertmanagerConfig").is_none());
     }

@@ -15,11 +15,13 @@ use serde_json::{Value, json};
 
 use kube::ResourceExt;
 
-use crate::api::{ANNOTATION_AUTHOR, ANNOTATION_AUTHOR_SIGNATURE, Replika, ReplikaSpec};
+use crate::api::{
+    ANNOTATION_ATTEST, ANNOTATION_AUTHOR, ANNOTATION_AUTHOR_SIGNATURE, Replika, ReplikaSpec,
+};
 use crate::authorization::{attestation, author};
 use crate::controller::kinds::{KindError, ServedKind, display};
 use crate::domain::access::{Access, author_checks};
-use crate::domain::attestation::Signer;
+use crate::domain::attestation::{Signer, name_to_sign};
 use crate::domain::names::is_glob;
 use crate::domain::validation::{ReplikaPlan, validate};
 
@@ -65,13 +67,16 @@ pub async fn validate_request<C: ClusterView>(
         Ok(replika) => replika,
         Err(problem) => return response.deny(problem),
     };
-    // An update that leaves the spec alone (finalizers, labels, the operator's own
-    // bookkeeping) changes nothing that was checked when the spec was admitted.
+    // An update that leaves the spec and its author alone (finalizers, labels,
+    // the operator's own bookkeeping) changes nothing that was checked when the
+    // spec was admitted. A new author (`replika attest`) is checked like a new spec.
     if let Some(Ok(old)) = request
         .old_object
         .as_ref()
         .map(|old| parse_replika(Some(old)))
         && old.spec == replika.spec
+        && attestation(old.annotations()) == attestation(replika.annotations())
+        && !replika.annotations().contains_key(ANNOTATION_ATTEST)
     {
         return response;
     }
@@ -98,6 +103,12 @@ pub async fn validate_request<C: ClusterView>(
         Err(error) => problems.push(format!("could not look up spec.source.kind: {error}")),
     }
     warnings.extend(overlaps(&replika, &plan, &cluster.replikas()));
+    if replika.annotations().contains_key(ANNOTATION_ATTEST) {
+        // The mutating webhook answers every request it sees and removes this.
+        problems.push(format!(
+            "metadata.annotations: {ANNOTATION_ATTEST} was not answered: Replika's mutating webhook did not see this request"
+        ));
+    }
     if !problems.is_empty() {
         return response.deny(denial(&problems));
     }
@@ -110,11 +121,13 @@ pub async fn validate_request<C: ClusterView>(
 /// defaults) and records its author: the requesting user, signed with `signer`.
 ///
 /// Whoever creates the Replika or changes its spec becomes its author. An
-/// update that leaves the spec alone keeps a valid attestation as it was (a
-/// label added by someone else does not make them the author) and signs one
-/// only if there is none and the writer is not the operator itself (whose
-/// finalizer patches must not vouch for a Replika that bypassed admission).
-/// An attestation the request itself carries is never trusted.
+/// update that leaves the spec alone keeps a valid attestation as it was and
+/// never signs one as a side effect (a label added by a GitOps controller or
+/// the operator's finalizer patch vouches for nothing): re-attestation is
+/// explicit, an update that sets [`ANNOTATION_ATTEST`] (`replika attest`),
+/// which signs the requesting user (the validating webhook reviews their
+/// access first) and is itself never stored. An attestation the request
+/// itself carries is never trusted.
 pub fn mutate_request(
     request: &AdmissionRequest<DynamicObject>,
     signer: &Signer,
@@ -127,9 +140,34 @@ pub fn mutate_request(
     let Ok(object) = serde_json::to_value(object) else {
         return response.deny("the object cannot be read as JSON");
     };
-    let mut operations = defaults(&object, request.namespace.as_deref());
+    // An update that keeps the spec (labels, finalizers, `replika attest`)
+    // leaves it as stored, defaults or not: a Replika stored before the
+    // webhooks existed must not have its spec changed, and re-validated, by a
+    // metadata write.
+    let unchanged = request
+        .old_object
+        .as_ref()
+        .and_then(|old| parse_replika(Some(old)).ok())
+        .filter(|old| {
+            Some(&old.spec)
+                == parse_replika(request.object.as_ref())
+                    .ok()
+                    .map(|new| new.spec)
+                    .as_ref()
+        });
+    let mut operations = if unchanged.is_some() {
+        Vec::new()
+    } else {
+        defaults(&object, request.namespace.as_deref())
+    };
     if matches!(request.operation, Operation::Create | Operation::Update) {
-        operations.extend(attest(request, &object, signer, from_operator));
+        operations.extend(attest(
+            request,
+            &object,
+            unchanged.as_ref(),
+            signer,
+            from_operator,
+        ));
     }
     if operations.is_empty() {
         return response;
@@ -180,6 +218,7 @@ fn defaults(object: &Value, namespace: Option<&str>) -> Vec<Value> {
 fn attest(
     request: &AdmissionRequest<DynamicObject>,
     object: &Value,
+    unchanged: Option<&Replika>,
     signer: &Signer,
     from_operator: bool,
 ) -> Vec<Value> {
@@ -190,26 +229,33 @@ fn attest(
     let Ok(plan) = validate(&replika.spec, &namespace) else {
         return Vec::new();
     };
-    let unchanged = request
-        .old_object
-        .as_ref()
-        .and_then(|old| parse_replika(Some(old)).ok())
-        .filter(|old| old.spec == replika.spec);
-    let kept = unchanged.as_ref().and_then(|old| {
+    let requested = replika.annotations().contains_key(ANNOTATION_ATTEST);
+    // The request for a re-attestation is answered here and never stored.
+    let answered =
+        requested.then(|| json!({"op": "remove", "path": annotation_path(ANNOTATION_ATTEST)}));
+    let kept = unchanged.and_then(|old| {
         let attestation = attestation(old.annotations())?;
         signer
-            .verify(&namespace, &request.name, &plan, Some(&attestation))
+            .verify_stored(
+                &namespace,
+                &request.name,
+                replika.metadata.generate_name.as_deref(),
+                &plan,
+                Some(&attestation),
+            )
             .ok()
             .map(|_| attestation)
     });
     let stamp = match kept {
-        Some(attestation) => attestation,
-        // The operator's own bookkeeping (finalizers) must never vouch for a
-        // Replika that has no author yet.
-        None if unchanged.is_some() && from_operator => return Vec::new(),
-        None => signer.attest(
+        Some(attestation) if !requested => attestation,
+        // The operator's own writes never make it an author, and a write that
+        // keeps the spec signs nobody unless it asks to.
+        _ if unchanged.is_some() && (from_operator || !requested) => {
+            return answered.into_iter().collect();
+        }
+        _ => signer.attest(
             &namespace,
-            &request.name,
+            &name_to_sign(&request.name, replika.metadata.generate_name.as_deref()),
             &plan,
             &author(&request.user_info),
         ),
@@ -221,13 +267,8 @@ fn attest(
     if object["metadata"]["annotations"].is_object() {
         values
             .into_iter()
-            .map(|(key, value)| {
-                let path = format!(
-                    "/metadata/annotations/{}",
-                    key.replace('~', "~0").replace('/', "~1")
-                );
-                json!({"op": "add", "path": path, "value": value})
-            })
+            .map(|(key, value)| json!({"op": "add", "path": annotation_path(key), "value": value}))
+            .chain(answered)
             .collect()
     } else {
         let annotations: serde_json::Map<String, Value> = values
@@ -236,6 +277,14 @@ fn attest(
             .collect();
         vec![json!({"op": "add", "path": "/metadata/annotations", "value": annotations})]
     }
+}
+
+/// The JSON pointer (RFC 6901) of an annotation.
+fn annotation_path(key: &str) -> String {
+    format!(
+        "/metadata/annotations/{}",
+        key.replace('~', "~0").replace('/', "~1")
+    )
 }
 
 fn parse_replika(object: Option<&DynamicObject>) -> Result<Replika, String> {
@@ -802,6 +851,53 @@ mod tests {
         finalized["metadata"]["finalizers"] = json!(["replika.prosimcorp.com/cleanup"]);
         let update = as_user(request("UPDATE", finalized, Some(unsigned)), operator);
         assert!(author_of(&mutated(&update, &fixture), &fixture).is_err());
+    }
+
+    #[tokio::test]
+    async fn only_an_explicit_request_signs_the_author_of_an_unchanged_spec() {
+        let fixture = Fixture::standard();
+        // Stored past admission (e.g. by the earlier Go operator): no author, no defaults.
+        let unsigned = replika_json("Secret", "20s", json!({"matchAll": true}));
+
+        // A label added by anyone (a GitOps controller) signs nobody and fills no defaults.
+        let mut labelled = unsigned.clone();
+        labelled["metadata"]["labels"] = json!({"team": "payments"});
+        let update = as_user(request("UPDATE", labelled, Some(unsigned.clone())), "bob");
+        assert_eq!(
+            patch_of(&mutate_request(&update, fixture.signer(), false)),
+            json!([])
+        );
+        assert!(validate_request(&update, &fixture).await.allowed);
+
+        // `replika attest`: the request is answered (and dropped), alice is signed.
+        let mut asked = unsigned.clone();
+        asked["metadata"]["annotations"] = json!({ANNOTATION_ATTEST: "now"});
+        let update = request("UPDATE", asked, Some(unsigned.clone()));
+        let stored = mutated(&update, &fixture);
+        assert_eq!(author_of(&stored, &fixture), Ok("alice".into()));
+        assert!(!stored.annotations().contains_key(ANNOTATION_ATTEST));
+        assert_eq!(
+            stored.spec.policy, None,
+            "the stored spec is left as it was"
+        );
+
+        // The new author's access is reviewed like a new spec's.
+        let stored = serde_json::to_value(&stored).expect("JSON");
+        let denied = Fixture {
+            user_may_not: vec![("get", Some("platform"))],
+            ..Fixture::standard()
+        };
+        let update = request("UPDATE", stored.clone(), Some(unsigned.clone()));
+        assert!(validate_request(&update, &fixture).await.allowed);
+        assert!(!validate_request(&update, &denied).await.allowed);
+
+        // A request no mutating webhook answered is refused rather than stored.
+        let mut unanswered = unsigned.clone();
+        unanswered["metadata"]["annotations"] = json!({ANNOTATION_ATTEST: "now"});
+        let update = request("UPDATE", unanswered, Some(unsigned));
+        let response = validate_request(&update, &fixture).await;
+        assert!(!response.allowed);
+        assert!(response.result.message.contains("was not answered"));
     }
 
     #[test]

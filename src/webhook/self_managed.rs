@@ -31,6 +31,9 @@ const VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 const RENEW_BEFORE: SignedDuration = SignedDuration::from_hours(30 * 24);
 /// How often the Secret is checked for expiry and for renewals by other replicas.
 const CHECK_EVERY: Duration = Duration::from_secs(600);
+/// How often writing the `caBundle` is tried again after a conflict: replicas
+/// that start together write the same configurations at the same time.
+const CONFLICT_RETRIES: usize = 5;
 
 /// Where the certificates live and who must trust them.
 #[derive(Clone)]
@@ -194,8 +197,23 @@ impl SelfManaged {
         })
     }
 
-    /// Writes `ca_bundle` into every webhook of both configurations, where it differs.
+    /// Writes `ca_bundle` into every webhook of both configurations, where it
+    /// differs, reading them again when another writer changed them first.
     async fn inject_ca_bundle(&self, ca_bundle: &[u8]) -> Result<(), SelfManagedError> {
+        let mut conflicts = 0;
+        loop {
+            match self.try_inject_ca_bundle(ca_bundle).await {
+                Err(SelfManagedError::Kube(kube::Error::Api(status)))
+                    if status.is_conflict() && conflicts < CONFLICT_RETRIES =>
+                {
+                    conflicts += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn try_inject_ca_bundle(&self, ca_bundle: &[u8]) -> Result<(), SelfManagedError> {
         let bundle = ByteString(ca_bundle.to_vec());
         let validating: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
         if let Some(mut config) = validating.get_opt(&self.webhook_configuration).await? {

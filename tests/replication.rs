@@ -887,3 +887,113 @@ async fn a_replika_created_with_generate_name_replicates() {
     wait_for_copy(&client, &target, "settings", &[("k", "v")]).await;
     wait_for_condition(&client, &src, &name, "Ready", "True", "AllTargetsSynced").await;
 }
+
+#[tokio::test]
+async fn a_deleted_replika_keeps_its_finalizer_until_it_can_see_its_copies() {
+    let h = harness();
+    let client = h.admin().await;
+    let (src, target) = (
+        namespace(&client, "cleanup-src").await,
+        namespace(&client, "cleanup-target").await,
+    );
+    create_configmap(&client, &src, "settings", &[("k", "v")]).await;
+    h.kubectl_apply(&replika_yaml(
+        "settings",
+        &src,
+        "ConfigMap",
+        "settings",
+        &list_targets(&[&target]),
+        "{}",
+    ));
+    wait_for_copy(&client, &target, "settings", &[("k", "v")]).await;
+
+    // Its spec is broken past admission, then it is deleted: the engine cannot
+    // tell which kind its copies are, so it must not let go of them.
+    let labels = json!({"metadata": {"labels": {NO_ADMISSION_LABEL: "true"}}});
+    Api::<Namespace>::all(client.clone())
+        .patch(&src, &PatchParams::default(), &Patch::Merge(&labels))
+        .await
+        .expect("labelling the namespace");
+    let replikas = Api::<replika::api::Replika>::namespaced(client.clone(), &src);
+    let set_time = |time: &'static str| json!({"spec": {"synchronization": {"time": time}}});
+    replikas
+        .patch(
+            "settings",
+            &PatchParams::default(),
+            &Patch::Merge(&set_time("banana")),
+        )
+        .await
+        .expect("breaking the spec");
+    replikas
+        .delete("settings", &DeleteParams::default())
+        .await
+        .expect("deleting");
+    let message = wait_until_blocked(&client, &src, "settings", "Invalid").await;
+    assert!(message.contains("banana"), "{message}");
+    assert!(
+        get_configmap(&client, &target, "settings").await.is_some(),
+        "the copy is still known"
+    );
+
+    // Once its spec is readable again, the cleanup completes.
+    replikas
+        .patch(
+            "settings",
+            &PatchParams::default(),
+            &Patch::Merge(&set_time("30s")),
+        )
+        .await
+        .expect("repairing the spec");
+    wait_for_absence(&client, &target, "settings").await;
+    wait_for("the Replika to be gone", DEADLINE, || async {
+        replikas
+            .get_opt("settings")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replika_adopts_the_copies_a_deleted_one_of_the_same_name_left() {
+    let h = harness();
+    let client = h.admin().await;
+    let (src, target) = (
+        namespace(&client, "successor-src").await,
+        namespace(&client, "successor-target").await,
+    );
+    create_configmap(&client, &src, "settings", &[("k", "new")]).await;
+    // A copy its predecessor (same namespace and name, another UID) left behind.
+    let orphan: ConfigMap = serde_json::from_value(json!({
+        "metadata": {
+            "name": "settings",
+            "labels": {LABEL_CREATED_BY: "replika-controller", "replika.prosimcorp.com/part-of": "settings"},
+            "annotations": {"replika.prosimcorp.com/owner": format!("{src}/settings"), ANNOTATION_OWNER_UID: "0f0e0d0c-dead-4bee-8f00-000000000000"},
+        },
+        "data": {"k": "old"},
+    }))
+    .expect("a ConfigMap");
+    Api::<ConfigMap>::namespaced(client.clone(), &target)
+        .create(&PostParams::default(), &orphan)
+        .await
+        .expect("the orphan is created");
+    h.kubectl_apply(&replika_yaml(
+        "settings",
+        &src,
+        "ConfigMap",
+        "settings",
+        &list_targets(&[&target]),
+        "{}",
+    ));
+    wait_for_copy(&client, &target, "settings", &[("k", "new")]).await;
+    let uid = get_replika(&client, &src, "settings")
+        .await
+        .uid()
+        .expect("a UID");
+    let copy = get_configmap(&client, &target, "settings")
+        .await
+        .expect("the copy");
+    assert_eq!(copy.annotations().get(ANNOTATION_OWNER_UID), Some(&uid));
+}

@@ -91,6 +91,9 @@ struct RunArgs {
         default_value = "replika-webhook.replika.svc"
     )]
     tls_hosts: Vec<String>,
+    /// Self-managed certificates: how often the Secret is checked for renewal (Go duration).
+    #[arg(long, env = "REPLIKA_TLS_CHECK_INTERVAL", default_value = "10m", value_parser = parse_check_interval)]
+    tls_check_interval: Duration,
     /// Self-managed certificates: the webhook configurations whose caBundle is kept current.
     #[arg(long, env = "REPLIKA_WEBHOOK_CONFIGURATION", default_value = "replika")]
     webhook_configuration: String,
@@ -145,6 +148,14 @@ fn parse_lease_duration(value: &str) -> Result<Duration, String> {
     match parse_go_duration(value) {
         Ok(duration) if duration >= Duration::from_secs(2) => Ok(duration),
         Ok(_) => Err("the lease must last at least 2s".into()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn parse_check_interval(value: &str) -> Result<Duration, String> {
+    match parse_go_duration(value) {
+        Ok(duration) if duration >= Duration::from_secs(1) => Ok(duration),
+        Ok(_) => Err("check at most once a second".into()),
         Err(error) => Err(error.to_string()),
     }
 }
@@ -436,6 +447,7 @@ fn webhook_options(
             secret_name: name.clone(),
             hosts: args.tls_hosts.clone(),
             webhook_configuration: args.webhook_configuration.clone(),
+            check_every: args.tls_check_interval,
         }),
         (None, None) => anyhow::bail!("--webhook-bind needs --tls-dir or --tls-secret"),
     };

@@ -573,7 +573,7 @@ async fn malformed_requests_get_clear_errors_and_the_server_keeps_serving() {
 }
 
 #[tokio::test]
-async fn self_managed_certificates_are_created_once_and_shared() {
+async fn self_managed_certificates_are_created_once_shared_and_rotated_without_a_failed_apply() {
     let (h, _) = webhook();
     let client = h.admin().await;
     let overlay = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/overlays/self-managed");
@@ -601,6 +601,8 @@ async fn self_managed_certificates_are_created_once_and_shared() {
             "replika/replika-webhook-tls",
             "--tls-hosts",
             "127.0.0.1",
+            "--tls-check-interval",
+            "1s",
         ]
         .into_iter()
         .map(String::from)
@@ -673,4 +675,57 @@ async fn self_managed_certificates_are_created_once_and_shared() {
         after.metadata.resource_version,
         secret.metadata.resource_version
     );
+
+    // A forced rotation under continuous applies: the new CA is published
+    // before the new certificate is served, so every apply reaches the webhook.
+    let expired = serde_json::json!({"metadata": {"annotations": {"replika.prosimcorp.com/not-after": "2000-01-01T00:00:00Z"}}});
+    secrets
+        .patch(
+            "replika-webhook-tls",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&expired),
+        )
+        .await
+        .expect("expiring the certificate");
+    let probe = replika(
+        "self-managed-probe",
+        &ns,
+        "ConfigMap",
+        "x",
+        "banana",
+        "{matchAll: true}",
+    );
+    let bundle_file = ca_file.with_extension("bundle.crt");
+    let give_up = std::time::Instant::now() + DEADLINE * 2;
+    let (mut applies, mut rotated_at) = (0, None);
+    loop {
+        let output = apply_as(h.plane.kubectl(), &probe);
+        applies += 1;
+        assert!(
+            output.stderr.contains("is not a duration"),
+            "apply {applies} during the rotation did not reach the webhook: {}\n{}",
+            output.stderr,
+            first.log_tail()
+        );
+        let bundle = secrets
+            .get("replika-webhook-tls")
+            .await
+            .expect("the Secret")
+            .data
+            .and_then(|d| d.get("ca.crt").cloned())
+            .expect("ca.crt in the Secret");
+        std::fs::write(&bundle_file, &bundle.0).expect("writing the CA bundle");
+        let served = served_fingerprint(port_a, &bundle_file);
+        if rotated_at.is_none() && served.is_some_and(|f| f != served_a) {
+            rotated_at = Some(applies);
+        }
+        match rotated_at {
+            Some(at) if applies >= at + 5 => break,
+            _ => assert!(
+                std::time::Instant::now() < give_up,
+                "the renewed certificate was not served in time\n{}",
+                first.log_tail()
+            ),
+        }
+    }
 }

@@ -43,6 +43,9 @@ pub enum Outcome {
     Replaced,
     Conflict(String),
     Failed(String),
+    /// The write was refused because this replica no longer leads: says
+    /// nothing about the copy.
+    NotLeading,
 }
 
 impl Outcome {
@@ -56,14 +59,28 @@ impl Outcome {
 
     /// A write this replica refused because it no longer leads.
     fn not_leading() -> Self {
-        Outcome::Failed(NotLeading.to_string())
+        Outcome::NotLeading
+    }
+
+    /// What a failed request means for the copy: a refusal for lack of
+    /// leadership (made by our own client layer, see [`CopyWriter`]), or a failure.
+    pub fn from_error(error: &kube::Error) -> Self {
+        match error {
+            kube::Error::Service(refusal) if refusal.is::<NotLeading>() => Outcome::NotLeading,
+            other => Outcome::Failed(describe(other)),
+        }
     }
 
     /// Whether the write was refused for lack of leadership, which says
-    /// nothing about the copy (see [`describe`] for refusals from the client).
+    /// nothing about the copy.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Outcome::Failed(message) if *message == NotLeading.to_string())
+        matches!(self, Outcome::NotLeading)
     }
+}
+
+/// Whether the API server refused a write because it changes an immutable field.
+pub fn is_immutable_rejection(status: &kube::core::Status) -> bool {
+    status.is_invalid() && status.message.contains("immutable")
 }
 
 /// Resource versions of copies as we last wrote them, by (Replika UID, namespace).
@@ -226,10 +243,10 @@ impl CopyWriter<'_> {
                             Box::pin(self.sync_owned_as_seen(&now, template, false)).await
                         }
                         Ok(None) => Outcome::Failed(COPY_DELETED.into()),
-                        Err(error) => Outcome::Failed(describe(&error)),
+                        Err(error) => Outcome::from_error(&error),
                     };
                 }
-                Err(error) => return Outcome::Failed(describe(&error)),
+                Err(error) => return Outcome::from_error(&error),
             }
         }
         if untouched && marked_current {
@@ -247,10 +264,15 @@ impl CopyWriter<'_> {
         let object = match self.api(namespace).get_opt(&existing.name).await {
             Ok(Some(object)) => object,
             Ok(None) => return Outcome::Failed(COPY_DELETED.into()),
-            Err(error) => return Outcome::Failed(describe(&error)),
+            Err(error) => return Outcome::from_error(&error),
         };
         let now = CopyRecord::from_metadata(&object.metadata);
-        let body = serde_json::to_value(&object).unwrap_or_default();
+        let body = match serde_json::to_value(&object) {
+            Ok(body) => body,
+            Err(error) => {
+                return Outcome::Failed(format!("the copy cannot be read as JSON: {error}"));
+            }
+        };
         if template.is_held_by(&body, namespace) {
             self.written.set(
                 self.owner_uid,
@@ -359,7 +381,7 @@ impl CopyWriter<'_> {
                 self.sync_existing(namespace, &object.name_any(), template)
                     .await
             }
-            Err(error) => Outcome::Failed(describe(&error)),
+            Err(error) => Outcome::from_error(&error),
         }
     }
 
@@ -370,7 +392,7 @@ impl CopyWriter<'_> {
             Ok(Some(existing)) => existing,
             // Gone again already: the next pass creates it.
             Ok(None) => return Outcome::Failed(COPY_DELETED.into()),
-            Err(error) => return Outcome::Failed(describe(&error)),
+            Err(error) => return Outcome::from_error(&error),
         };
         let ours = existing.marks.created_by_replika
             && existing.marks.owner_uid.as_deref() == Some(self.owner_uid);
@@ -410,12 +432,10 @@ impl CopyWriter<'_> {
                     Outcome::InSync
                 }
             }
-            Err(kube::Error::Api(status))
-                if status.is_invalid() && status.message.contains("immutable") =>
-            {
+            Err(kube::Error::Api(status)) if is_immutable_rejection(&status) => {
                 self.replace(existing, template).await
             }
-            Err(error) => Outcome::Failed(describe(&error)),
+            Err(error) => Outcome::from_error(&error),
         }
     }
 
@@ -428,7 +448,7 @@ impl CopyWriter<'_> {
                 }
                 other => other,
             },
-            Err(error) => Outcome::Failed(describe(&error)),
+            Err(error) => Outcome::from_error(&error),
         }
     }
 
@@ -486,8 +506,6 @@ impl CopyWriter<'_> {
 pub fn describe(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
-        // Said exactly as the pass expects it, so a refusal is not taken for a failure.
-        kube::Error::Service(refusal) if refusal.is::<NotLeading>() => NotLeading.to_string(),
         other => other.to_string(),
     }
 }
@@ -506,12 +524,33 @@ mod tests {
     }
 
     #[test]
-    fn a_write_refused_for_lost_leadership_is_described_as_the_refusal() {
+    fn a_write_refused_for_lost_leadership_is_a_refusal_whatever_its_message() {
         let refused = kube::Error::Service(Box::new(NotLeading));
-        assert_eq!(describe(&refused), NotLeading.to_string());
-        assert!(Outcome::Failed(describe(&refused)).is_refusal());
+        assert!(Outcome::from_error(&refused).is_refusal());
         assert!(Outcome::not_leading().is_refusal());
-        assert!(!Outcome::Failed("conflict".into()).is_refusal());
+        let other = kube::Error::Service("connection reset".into());
+        assert!(!Outcome::from_error(&other).is_refusal());
+        // A failure that merely says the same words is still a failure.
+        assert!(!Outcome::Failed(NotLeading.to_string()).is_refusal());
+    }
+
+    #[test]
+    fn only_an_invalid_status_about_immutability_is_an_immutable_rejection() {
+        let status = |reason: &str, message: &str| {
+            serde_json::from_value::<kube::core::Status>(serde_json::json!({
+                "status": "Failure", "reason": reason, "message": message, "code": 422,
+            }))
+            .expect("a Status")
+        };
+        assert!(is_immutable_rejection(&status(
+            "Invalid",
+            "ConfigMap \"x\" is invalid: data: Forbidden: field is immutable when `immutable` is set"
+        )));
+        assert!(!is_immutable_rejection(&status(
+            "Invalid",
+            "data: Invalid value"
+        )));
+        assert!(!is_immutable_rejection(&status("Conflict", "immutable")));
     }
 
     #[test]

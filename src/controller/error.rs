@@ -15,6 +15,8 @@ pub enum Error {
     CleanupIncomplete(usize),
     #[error("the copies of the deleted Replika cannot be cleaned up yet: {0}")]
     CleanupBlocked(String),
+    #[error("an object from the API server lacks what it always has: {0}")]
+    Malformed(String),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
 }
@@ -29,6 +31,7 @@ impl Error {
             Error::CleanupIncomplete(_) => "cleanup_incomplete",
             Error::CleanupBlocked(_) => "cleanup_blocked",
             Error::Finalizer(_) => "finalizer",
+            Error::Malformed(_) => "malformed",
         }
     }
 }

@@ -33,8 +33,8 @@ const RETRY_BLOCKED: Duration = Duration::from_secs(10);
 
 /// Entry point for the controller: runs the pass under the cleanup finalizer.
 pub async fn reconcile(replika: Arc<Replika>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let api: Api<Replika> =
-        Api::namespaced(ctx.client.clone(), &replika.namespace().unwrap_or_default());
+    let owner = owner_of(&replika)?;
+    let api: Api<Replika> = Api::namespaced(ctx.client.clone(), &owner.namespace);
     let deleting = replika.metadata.deletion_timestamp.is_some();
     if replika.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
         return take_over_legacy_finalizer(&api, &replika, deleting, &ctx).await;
@@ -43,8 +43,7 @@ pub async fn reconcile(replika: Arc<Replika>, ctx: Arc<Context>) -> Result<Actio
         // A spec stored past admission (before the webhooks existed) that does
         // not validate is reported once; it gets no finalizer, since it never
         // has copies to clean up, and no write that its webhook would refuse.
-        let namespace = replika.namespace().unwrap_or_default();
-        if let Err(problems) = validate(&replika.spec, &namespace) {
+        if let Err(problems) = validate(&replika.spec, &owner.namespace) {
             ctx.watches.forget(&ObjectRef::from_obj(&*replika));
             report(
                 &ctx,
@@ -115,12 +114,17 @@ pub fn error_policy(replika: Arc<Replika>, error: &Error, _ctx: Arc<Context>) ->
     Action::requeue(Duration::from_secs(5))
 }
 
-fn owner_of(replika: &Replika) -> Owner {
-    Owner {
-        namespace: replika.namespace().unwrap_or_default(),
+/// The Replika's identity; the API server always sets both, so a missing one
+/// is a bug upstream, never something to replicate under an empty owner.
+fn owner_of(replika: &Replika) -> Result<Owner, Error> {
+    let missing = |field: &'static str| Error::Malformed(format!("the Replika has no {field}"));
+    Ok(Owner {
+        namespace: replika
+            .namespace()
+            .ok_or_else(|| missing("metadata.namespace"))?,
         name: replika.name_any(),
-        uid: replika.uid().unwrap_or_default(),
-    }
+        uid: replika.uid().ok_or_else(|| missing("metadata.uid"))?,
+    })
 }
 
 /// Whether the caches of a Replika can be used.
@@ -139,7 +143,8 @@ struct Caches {
 
 async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let replika_ref = ObjectRef::from_obj(replika);
-    let plan = match validate(&replika.spec, &replika.namespace().unwrap_or_default()) {
+    let owner = owner_of(replika)?;
+    let plan = match validate(&replika.spec, &owner.namespace) {
         Ok(plan) => plan,
         Err(problems) => {
             ctx.watches.forget(&replika_ref);
@@ -165,7 +170,6 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         // Rights granted later are picked up at the next resync.
         return Ok(Action::requeue(plan.resync));
     }
-    let owner = owner_of(replika);
     let writer = ctx.copy_writer(&caches.kind.resource, &owner.uid);
     let source_key = ObjectRef::new_with(&plan.source.name, caches.kind.resource.clone())
         .within(&plan.source.namespace);
@@ -189,7 +193,8 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         report(ctx, replika, PassResult::Blocked(blocked)).await?;
         return Ok(Action::requeue(plan.resync));
     };
-    let mut source_json = serde_json::to_value(&*source).unwrap_or_default();
+    let mut source_json = serde_json::to_value(&*source)
+        .map_err(|error| Error::Malformed(format!("the source cannot be read as JSON: {error}")))?;
     // Objects from a list carry no type, and server-side apply needs it.
     source_json["apiVersion"] = caches.kind.resource.api_version.clone().into();
     source_json["kind"] = caches.kind.resource.kind.clone().into();
@@ -540,7 +545,7 @@ async fn report(ctx: &Context, replika: &Replika, result: PassResult) -> Result<
 /// cluster-scoped, can have no copies.
 async fn cleanup(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let replika_ref = ObjectRef::from_obj(replika);
-    let owner = owner_of(replika);
+    let owner = owner_of(replika)?;
     let blocked = match validate(&replika.spec, &owner.namespace) {
         Err(problems) => Some(Blocked::Invalid(problems)),
         Ok(plan) => match open_caches(replika, &plan, ctx).await? {

@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
-use super::copies::Outcome;
+use super::copies::{NotLeading, Outcome};
 use super::{Context, MANAGER};
 use crate::api::{Replika, ReplikaStatus, TargetCounts, TargetFailure};
 
@@ -127,15 +127,16 @@ pub fn next_status(replika: &Replika, result: &PassResult, now: Timestamp) -> Re
             let failures: Vec<TargetFailure> = outcomes
                 .iter()
                 .filter_map(|(namespace, outcome)| match outcome {
-                    Outcome::Conflict(message) => Some(("Conflict", namespace, message)),
-                    Outcome::Failed(message) => Some(("SyncFailed", namespace, message)),
+                    Outcome::Conflict(message) => Some(("Conflict", namespace, message.clone())),
+                    Outcome::Failed(message) => Some(("SyncFailed", namespace, message.clone())),
+                    Outcome::NotLeading => Some(("SyncFailed", namespace, NotLeading.to_string())),
                     _ => None,
                 })
                 .take(MAX_LISTED_FAILURES)
                 .map(|(reason, namespace, message)| TargetFailure {
                     namespace: namespace.clone(),
                     reason: reason.into(),
-                    message: message.clone(),
+                    message,
                 })
                 .collect();
             let wrote = *pruned > 0
@@ -188,7 +189,7 @@ fn count(outcomes: &BTreeMap<String, Outcome>) -> TargetCounts {
     for outcome in outcomes.values() {
         match outcome {
             Outcome::Conflict(_) => counts.conflicts += 1,
-            Outcome::Failed(_) => counts.failed += 1,
+            Outcome::Failed(_) | Outcome::NotLeading => counts.failed += 1,
             _ => counts.synced += 1,
         }
     }

@@ -73,8 +73,9 @@ impl Signer {
         plan: &ReplikaPlan,
         author: &Author,
     ) -> Attestation {
-        // Serializing plain strings, lists and maps cannot fail.
-        let author = serde_json::to_string(author).unwrap_or_default();
+        let author = serde_json::to_string(author).expect(
+            "an Author is strings, lists and maps with string keys, which always serialize",
+        );
         let tag = hmac::sign(&self.key, &message(namespace, name, plan, &author));
         Attestation {
             signature: format!("{SIGNATURE_VERSION}{}", hex(tag.as_ref())),

@@ -205,7 +205,8 @@ fn holds(object: &Value, wanted: &Value) -> bool {
 
 /// SHA-256 over the canonical JSON of a copy (object keys sorted by serde_json's map).
 fn content_hash(body: &Value) -> String {
-    let canonical = serde_json::to_vec(body).unwrap_or_default();
+    let canonical =
+        serde_json::to_vec(body).expect("a JSON value has string keys and always serializes");
     let digest = ring::digest::digest(&ring::digest::SHA256, &canonical);
     digest.as_ref()[..16]
         .iter()

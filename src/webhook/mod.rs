@@ -77,11 +77,7 @@ pub async fn run(
             _file_watch = Some(tls::watch_dir(&dir, resolver.clone())?);
             resolver
         }
-        Certificates::SelfManaged(manager) => {
-            let resolver = manager.start().await?;
-            tokio::spawn(manager.keep_current(resolver.clone()));
-            resolver
-        }
+        Certificates::SelfManaged(manager) => manager.start().await?,
     };
     let (replikas, writer) = reflector::store();
     let replika_watch = tokio::spawn(

@@ -2,8 +2,10 @@
 //! keeps them in a Secret that every replica of the operator shares, writes the
 //! CA into its webhook configurations' `caBundle`, and renews them before expiry.
 //!
-//! On renewal the new CA is published next to the old one, so API servers that
-//! still hold the old bundle keep trusting replicas that serve the old certificate.
+//! On renewal the new CA is published next to the old one first, and only once
+//! API servers had time to load that bundle is the new certificate served: with
+//! `failurePolicy: Fail`, a certificate served before its CA is trusted would
+//! refuse every Replika write in between.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,8 +31,9 @@ const ANNOTATION_NOT_AFTER: &str = "replika.prosimcorp.com/not-after";
 const VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Renew when less than this is left.
 const RENEW_BEFORE: SignedDuration = SignedDuration::from_hours(30 * 24);
-/// How often the Secret is checked for expiry and for renewals by other replicas.
-const CHECK_EVERY: Duration = Duration::from_secs(600);
+/// How long API servers are given to load a new `caBundle` (they follow the
+/// webhook configurations with a watch) before the certificate it vouches for is served.
+const BUNDLE_SETTLE: Duration = Duration::from_secs(10);
 /// How often writing the `caBundle` is tried again after a conflict: replicas
 /// that start together write the same configurations at the same time.
 const CONFLICT_RETRIES: usize = 5;
@@ -45,6 +48,8 @@ pub struct SelfManaged {
     pub hosts: Vec<String>,
     /// Name of the ValidatingWebhookConfiguration and MutatingWebhookConfiguration to inject.
     pub webhook_configuration: String,
+    /// How often the Secret is checked for expiry and for renewals by other replicas.
+    pub check_every: Duration,
 }
 
 /// Why self-managed certificates could not be set up.
@@ -71,39 +76,44 @@ impl SelfManaged {
         Api::namespaced(self.client.clone(), &self.secret_namespace)
     }
 
-    /// Makes sure the Secret holds valid certificates, publishes the CA, and returns
-    /// a resolver serving them.
-    pub async fn start(&self) -> Result<Arc<CertResolver>, SelfManagedError> {
+    /// Makes sure the Secret holds valid certificates, publishes the CA, then
+    /// serves them: runs [`SelfManaged::keep_current`] in the background and
+    /// returns the resolver.
+    pub async fn start(self) -> Result<Arc<CertResolver>, SelfManagedError> {
         let stored = self.ensure_secret().await?;
-        let resolver = CertResolver::new(certified_key(&stored.cert, &stored.key)?);
+        let key = certified_key(&stored.cert, &stored.key)?;
         self.inject_ca_bundle(&stored.ca_bundle).await?;
+        let resolver = CertResolver::new(key);
+        tokio::spawn(self.keep_current(resolver.clone(), stored));
         Ok(resolver)
     }
 
     /// Checks the Secret periodically: renews what is about to expire, and picks up
-    /// certificates that another replica renewed.
-    pub async fn keep_current(self, resolver: Arc<CertResolver>) {
-        let mut served: Option<Stored> = None;
+    /// certificates that another replica renewed. A new certificate is served
+    /// only after its CA was published and had [`BUNDLE_SETTLE`] to reach the API servers.
+    async fn keep_current(self, resolver: Arc<CertResolver>, mut served: Stored) {
         loop {
-            tokio::time::sleep(CHECK_EVERY).await;
-            match self.ensure_secret().await {
-                Ok(stored) if served.as_ref() != Some(&stored) => {
-                    let loaded =
-                        certified_key(&stored.cert, &stored.key).map_err(SelfManagedError::from);
-                    let injected = match loaded {
-                        Ok(key) => {
-                            resolver.replace(key);
-                            self.inject_ca_bundle(&stored.ca_bundle).await
-                        }
-                        Err(error) => Err(error),
-                    };
-                    match injected {
-                        Ok(()) => served = Some(stored),
-                        Err(error) => warn!(%error, "could not apply the renewed certificates"),
-                    }
+            tokio::time::sleep(self.check_every).await;
+            let stored = match self.ensure_secret().await {
+                Ok(stored) if stored != served => stored,
+                Ok(_) => continue,
+                Err(error) => {
+                    warn!(%error, "could not check the webhook certificates");
+                    continue;
                 }
-                Ok(_) => {}
-                Err(error) => warn!(%error, "could not check the webhook certificates"),
+            };
+            let published = match certified_key(&stored.cert, &stored.key) {
+                Ok(key) => self.inject_ca_bundle(&stored.ca_bundle).await.map(|()| key),
+                Err(error) => Err(error.into()),
+            };
+            match published {
+                Ok(key) => {
+                    tokio::time::sleep(BUNDLE_SETTLE).await;
+                    resolver.replace(key);
+                    info!(secret = %self.secret_name, "serving the renewed certificate");
+                    served = stored;
+                }
+                Err(error) => warn!(%error, "could not apply the renewed certificates"),
             }
         }
     }

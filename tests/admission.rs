@@ -628,17 +628,15 @@ async fn self_managed_certificates_are_created_once_shared_and_rotated_without_a
     })
     .await;
     // The API server calls the self-managed instance and trusts its certificate.
-    let output = apply_as(
-        h.plane.kubectl(),
-        &replika(
-            "self-managed-probe",
-            &ns,
-            "ConfigMap",
-            "x",
-            "banana",
-            "{matchAll: true}",
-        ),
+    let probe = replika(
+        "self-managed-probe",
+        &ns,
+        "ConfigMap",
+        "x",
+        "banana",
+        "{matchAll: true}",
     );
+    let output = apply_as(h.plane.kubectl(), &probe);
     assert!(
         output.stderr.contains("is not a duration"),
         "{}",
@@ -687,14 +685,6 @@ async fn self_managed_certificates_are_created_once_shared_and_rotated_without_a
         )
         .await
         .expect("expiring the certificate");
-    let probe = replika(
-        "self-managed-probe",
-        &ns,
-        "ConfigMap",
-        "x",
-        "banana",
-        "{matchAll: true}",
-    );
     let bundle_file = ca_file.with_extension("bundle.crt");
     let give_up = std::time::Instant::now() + DEADLINE * 2;
     let (mut applies, mut rotated_at) = (0, None);

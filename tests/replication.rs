@@ -54,6 +54,33 @@ fn list_targets(namespaces: &[&str]) -> String {
     )
 }
 
+/// A source namespace and a target namespace (named after `prefix`), the
+/// ConfigMap `name` with `data` in the source, and a Replika of that name
+/// copying it into the target, applied with kubectl; waits for the copy.
+async fn replicated_configmap(
+    h: &Harness,
+    client: &Client,
+    prefix: &str,
+    name: &str,
+    data: &[(&str, &str)],
+) -> (String, String) {
+    let (src, target) = (
+        namespace(client, &format!("{prefix}-src")).await,
+        namespace(client, &format!("{prefix}-target")).await,
+    );
+    create_configmap(client, &src, name, data).await;
+    h.kubectl_apply(&replika_yaml(
+        name,
+        &src,
+        "ConfigMap",
+        name,
+        &list_targets(&[&target]),
+        "{}",
+    ));
+    wait_for_copy(client, &target, name, data).await;
+    (src, target)
+}
+
 /// Namespaces holding a ConfigMap called `name`.
 async fn holders(client: &Client, name: &str) -> BTreeSet<String> {
     Api::<ConfigMap>::all(client.clone())
@@ -725,20 +752,7 @@ spec:
     );
 
     // The operator is still healthy: a good Replika next to it works.
-    let (good_src, target) = (
-        namespace(&client, "good-src").await,
-        namespace(&client, "bad-target").await,
-    );
-    create_configmap(&client, &good_src, "fine", &[("ok", "yes")]).await;
-    h.kubectl_apply(&replika_yaml(
-        "fine",
-        &good_src,
-        "ConfigMap",
-        "fine",
-        &list_targets(&[&target]),
-        "{}",
-    ));
-    wait_for_copy(&client, &target, "fine", &[("ok", "yes")]).await;
+    replicated_configmap(h, &client, "good", "fine", &[("ok", "yes")]).await;
 }
 
 #[tokio::test]
@@ -892,20 +906,8 @@ async fn a_replika_created_with_generate_name_replicates() {
 async fn a_deleted_replika_keeps_its_finalizer_until_it_can_see_its_copies() {
     let h = harness();
     let client = h.admin().await;
-    let (src, target) = (
-        namespace(&client, "cleanup-src").await,
-        namespace(&client, "cleanup-target").await,
-    );
-    create_configmap(&client, &src, "settings", &[("k", "v")]).await;
-    h.kubectl_apply(&replika_yaml(
-        "settings",
-        &src,
-        "ConfigMap",
-        "settings",
-        &list_targets(&[&target]),
-        "{}",
-    ));
-    wait_for_copy(&client, &target, "settings", &[("k", "v")]).await;
+    let (src, target) =
+        replicated_configmap(h, &client, "cleanup", "settings", &[("k", "v")]).await;
 
     // Its spec is broken past admission, then it is deleted: the engine cannot
     // tell which kind its copies are, so it must not let go of them.

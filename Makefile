@@ -9,12 +9,17 @@ TESTENV := $(CARGO) run --quiet --package testenv --bin testenv --
 
 ## Local control plane (etcd, kube-apiserver, kube-controller-manager) ########
 
-.PHONY: control-plane-binaries control-plane down
+.PHONY: control-plane-binaries node-binaries control-plane down
 
 # Builds the pinned binaries once into a cache outside the repository
 # (5-10 minutes cold on 2 cores; instant afterwards).
 control-plane-binaries:
 	control-plane/build.sh >/dev/null
+
+# The same plus kubelet, kube-proxy and kube-scheduler for a worker node
+# (1-3 minutes more once the plane's Go build cache is warm).
+node-binaries:
+	control-plane/build.sh node >/dev/null
 
 # Starts a long-lived plane in $(LOCAL_DIR), or reuses the one running there.
 # Admin kubeconfig: $(LOCAL_DIR)/kubeconfig; kubectl: $(LOCAL_DIR)/bin/kubectl.
@@ -38,8 +43,7 @@ INSTALL ?= self-managed
 # The plane plus one real node (kubelet, kube-proxy, containerd, CNI bridge)
 # in $(LOCAL_DIR), or the one running there. Needs root and the Debian
 # packages of .ci/run. One such cluster runs on a machine at a time.
-cluster:
-	control-plane/build.sh node >/dev/null
+cluster: node-binaries
 	$(TESTENV) --dir $(LOCAL_DIR) cluster
 
 # The operator's image from a static release build, without a container
@@ -57,8 +61,9 @@ deploy: image
 
 .PHONY: test soak
 
-# Each test binary starts a private control plane, so no `make control-plane`.
-test: control-plane-binaries install-tools
+# Each test binary starts a private control plane, so no `make control-plane`;
+# tests/in_cluster.rs starts a cluster with a node (none may run: `make down`).
+test: node-binaries install-tools
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace

@@ -17,7 +17,8 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
   --package replika --bin replika --target "$host" --target-dir "$repo/target/static" >&2
 binary="$repo/target/static/$host/release/replika"
-if ldd "$binary" >/dev/null 2>&1; then
+# ldd lists a dynamic executable's libraries as `name => path`.
+if ldd "$binary" 2>&1 | grep -q '=>'; then
   echo "build-image.sh: $binary is not statically linked" >&2
   exit 1
 fi

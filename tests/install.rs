@@ -13,7 +13,6 @@
 //! (`tools/prometheus-operator-crds.sh`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,7 +22,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
-use testenv::{CommandOutput, ControlPlane, run};
+use testenv::{CommandOutput, ControlPlane, run, run_with_stdin};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// The operator's identity, as the RBAC subjects name it.
@@ -1414,25 +1413,4 @@ fn apply_server_side_stdin(plane: &ControlPlane, text: &str, what: &str) {
         "kubectl apply --server-side of {what}: {}",
         applied.stderr
     );
-}
-
-fn run_with_stdin(command: &mut Command, input: &str) -> CommandOutput {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"));
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("writing stdin");
-    let output = child.wait_with_output().expect("the command ends");
-    CommandOutput {
-        status_ok: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
 }

@@ -1,6 +1,9 @@
 //! Running a command (usually kubectl) and keeping what it printed.
 
-use std::process::Command;
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+};
 
 /// What a finished command printed, and whether it exited with status 0.
 #[derive(Debug, Clone)]
@@ -19,6 +22,33 @@ pub fn run(cmd: &mut Command) -> CommandOutput {
     let output = cmd
         .output()
         .unwrap_or_else(|error| panic!("cannot run {cmd:?}: {error}"));
+    CommandOutput {
+        status_ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// [`run`], with `input` as the command's stdin.
+///
+/// # Panics
+/// If the program cannot be started or fed, as [`run`].
+pub fn run_with_stdin(cmd: &mut Command, input: &str) -> CommandOutput {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot run {cmd:?}: {error}"));
+    child
+        .stdin
+        .take()
+        .expect("a piped stdin")
+        .write_all(input.as_bytes())
+        .unwrap_or_else(|error| panic!("cannot write to {cmd:?}: {error}"));
+    let output = child
+        .wait_with_output()
+        .unwrap_or_else(|error| panic!("cannot wait for {cmd:?}: {error}"));
     CommandOutput {
         status_ok: output.status.success(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -36,7 +36,7 @@ mod shared;
 mod wait;
 mod watchdog;
 
-pub use command::{CommandOutput, run};
+pub use command::{CommandOutput, run, run_with_stdin};
 pub use faults::Component;
 pub use identity::Identity;
 pub use namespace::TestNamespace;

@@ -6,6 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use replika::api::Replika;
@@ -176,11 +178,19 @@ struct Replica {
 }
 
 fn start_replica(kubeconfig: &std::path::Path, identity: &str) -> Replica {
+    start_replica_with_lease(kubeconfig, identity, LEASE)
+}
+
+fn start_replica_with_lease(
+    kubeconfig: &std::path::Path,
+    identity: &str,
+    lease: Duration,
+) -> Replica {
     let port = free_port();
     let args = [
         "--leader-election".to_string(),
         "--lease-namespace=replika".to_string(),
-        format!("--lease-duration={}s", LEASE.as_secs()),
+        format!("--lease-duration={}s", lease.as_secs()),
         format!("--identity={identity}"),
         format!("--metrics-bind=127.0.0.1:{port}"),
     ];
@@ -196,9 +206,11 @@ async fn wait_for_leader(client: &Client, lease: &str, replica: &Replica, deadli
         &format!("{} to hold the Lease and reconcile", replica.identity),
         deadline,
         || async {
-            let holder = lease_holder(client, lease).await?;
-            let leading = metric(replica.port, "replika_leader").await == 1.0;
-            (holder == replica.identity && leading).then_some(())
+            // The operations endpoint listens before the process campaigns.
+            if lease_holder(client, lease).await? != replica.identity {
+                return None;
+            }
+            (metric(replica.port, "replika_leader").await == 1.0).then_some(())
         },
     )
     .await;
@@ -288,4 +300,49 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
         None,
         "the Lease was released on SIGTERM"
     );
+}
+
+/// When the Lease `name` was last renewed and last acquired, as recorded.
+async fn lease_times(client: &Client, name: &str) -> (Option<Timestamp>, Option<Timestamp>) {
+    let spec = Api::<Lease>::namespaced(client.clone(), "replika")
+        .get(name)
+        .await
+        .expect("reading the Lease")
+        .spec
+        .unwrap_or_default();
+    (
+        spec.renew_time.map(|time| time.0),
+        spec.acquire_time.map(|time| time.0),
+    )
+}
+
+#[tokio::test]
+async fn a_follower_with_a_shorter_lease_waits_out_the_one_the_leader_recorded() {
+    let _alone = ONE_TEST_AT_A_TIME.lock().await;
+    admission();
+    let installed = installed();
+    let admin = installed.plane.admin_client().await;
+    let kubeconfig = &installed.operator_kubeconfig;
+    let lease = "replika-leader";
+    // A rolling update that shortens --lease-duration: the old leader recorded 12 s.
+    let (long, short) = (Duration::from_secs(12), Duration::from_secs(2));
+    let old = start_replica_with_lease(kubeconfig, "replika-long-lease", long);
+    wait_for_leader(&admin, lease, &old, DEADLINE).await;
+    // Paused (not dead): it may write until its renew deadline, two thirds of 12 s.
+    old.process.signal("STOP");
+    let (last_renewal, _) = lease_times(&admin, lease).await;
+    let last_renewal = last_renewal.expect("a renewal time");
+    let new = start_replica_with_lease(kubeconfig, "replika-short-lease", short);
+    wait_for_leader(&admin, lease, &new, long * 3 + DEADLINE).await;
+    let (_, acquired) = lease_times(&admin, lease).await;
+    let waited = acquired
+        .expect("an acquire time")
+        .duration_since(last_renewal)
+        .as_secs_f64();
+    assert!(
+        waited >= long.as_secs_f64() - 0.5,
+        "the new replica took the Lease {waited:.1}s after the old leader's last renewal, before the 12 s it recorded\n{}",
+        new.process.log_tail()
+    );
+    old.process.signal("KILL");
 }

@@ -112,6 +112,7 @@ impl Drop for MakeRun {
         let _ = Command::new("kill")
             .args(["-s", "KILL", "--"])
             .arg(format!("-{}", self.process.id()))
+            .stderr(Stdio::null())
             .status();
         let _ = self.process.wait();
     }
@@ -253,4 +254,18 @@ fn kubectl_apply_with(plane: &ControlPlane, yaml: &str, extra: &[&str]) -> teste
 
 fn kubectl_apply(plane: &ControlPlane, yaml: &str) -> testenv::CommandOutput {
     kubectl_apply_with(plane, yaml, &[])
+}
+
+#[tokio::test]
+async fn development_mode_is_refused_to_a_service_account() {
+    let installed = installed();
+    let output = run(Command::new(env!("CARGO_BIN_EXE_replika"))
+        .args(["run", "--authorize-unsigned-as-self"])
+        .env("KUBECONFIG", &installed.operator_kubeconfig));
+    assert!(!output.status_ok, "{}", output.stdout);
+    assert!(
+        output.stderr.contains("never for a ServiceAccount"),
+        "{}",
+        output.stderr
+    );
 }

@@ -2,7 +2,7 @@
 
 use std::{
     io::Write,
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
 };
 
 /// What a finished command printed, and whether it exited with status 0.
@@ -13,20 +13,25 @@ pub struct CommandOutput {
     pub stderr: String,
 }
 
+impl From<Output> for CommandOutput {
+    fn from(output: Output) -> CommandOutput {
+        CommandOutput {
+            status_ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
 /// Runs `cmd` to completion, capturing stdout and stderr (lossily decoded as UTF-8).
 ///
 /// # Panics
 /// If the program cannot be started at all: that is a broken test environment,
 /// not a result a test could check.
 pub fn run(cmd: &mut Command) -> CommandOutput {
-    let output = cmd
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run {cmd:?}: {error}"));
-    CommandOutput {
-        status_ok: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    cmd.output()
+        .unwrap_or_else(|error| panic!("cannot run {cmd:?}: {error}"))
+        .into()
 }
 
 /// [`run`], with `input` as the command's stdin.
@@ -46,12 +51,8 @@ pub fn run_with_stdin(cmd: &mut Command, input: &str) -> CommandOutput {
         .expect("a piped stdin")
         .write_all(input.as_bytes())
         .unwrap_or_else(|error| panic!("cannot write to {cmd:?}: {error}"));
-    let output = child
+    child
         .wait_with_output()
-        .unwrap_or_else(|error| panic!("cannot wait for {cmd:?}: {error}"));
-    CommandOutput {
-        status_ok: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+        .unwrap_or_else(|error| panic!("cannot wait for {cmd:?}: {error}"))
+        .into()
 }

@@ -8,6 +8,9 @@ use anyhow::{Context, Result, bail};
 
 use super::{NodeLayout, host, network, write};
 
+/// The program, as found on the PATH and as its pid file is named.
+pub(crate) const CONTAINERD: &str = "containerd";
+
 /// The containerd namespace of the CRI plugin, where the kubelet's images and
 /// containers live.
 const CRI_NAMESPACE: &str = "k8s.io";
@@ -141,7 +144,7 @@ fn ctr(node: &NodeLayout, args: &[&str]) -> Result<String> {
 /// Fails unless the Debian packages the node needs are installed.
 pub(crate) fn check_installed() -> Result<()> {
     let missing: Vec<&str> = [
-        ("containerd", "containerd"),
+        (CONTAINERD, "containerd"),
         ("runc", "runc"),
         ("ctr", "containerd"),
         ("iptables", "iptables"),

@@ -86,7 +86,7 @@ impl Cluster {
         let plane = ControlPlane::running_in(dir)?;
         let node = NodeLayout::of(&plane.layout);
         let runs = |name| process::recorded_is_running(&plane.layout, name).unwrap_or(false);
-        (runs(kubelet::KUBELET) && runs("containerd")).then_some(Cluster { plane, node })
+        (runs(kubelet::KUBELET) && runs(containerd::CONTAINERD)).then_some(Cluster { plane, node })
     }
 
     pub fn plane(&self) -> &ControlPlane {
@@ -199,7 +199,7 @@ pub(crate) fn launch(
 ) -> Result<()> {
     let node = NodeLayout::of(layout);
     kubelet::write_configs(layout, &node, &ports.apiserver_url())?;
-    let containerd = which("containerd").context("containerd is not installed")?;
+    let containerd = which(containerd::CONTAINERD).context("containerd is not installed")?;
     let mut env = containerd::env();
     env.push(("PATH", search_path()));
     processes.spawn_with_env(
@@ -300,8 +300,8 @@ pub(crate) fn tear_down(layout: &Layout) -> Result<()> {
         step("containers", containerd::remove_all_containers(&node));
     }
     step(
-        "containerd",
-        process::kill_recorded_named(layout, "containerd"),
+        containerd::CONTAINERD,
+        process::kill_recorded_named(layout, containerd::CONTAINERD),
     );
     let socket = node.containerd_socket().display().to_string();
     step("shims", teardown::kill_processes_mentioning(&socket));
@@ -404,17 +404,14 @@ fn host(program: &str, args: &[&str]) -> Result<String> {
 /// Runs `command` and returns its stdout, or fails with the command and its
 /// stderr.
 fn checked(command: &mut Command) -> Result<String> {
-    let output = command
+    let output: crate::CommandOutput = command
         .output()
-        .with_context(|| format!("cannot run {command:?}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        .with_context(|| format!("cannot run {command:?}"))?
+        .into();
+    if output.status_ok {
+        Ok(output.stdout)
     } else {
-        Err(anyhow!(
-            "{command:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
+        Err(anyhow!("{command:?} failed: {}", output.stderr.trim()))
     }
 }
 

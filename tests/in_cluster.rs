@@ -1,6 +1,6 @@
 //! Replika as its users run it: its image on a real node (testenv's
-//! [`Cluster`]), installed from the rendered bundle, its pods behind their
-//! Services, their certificates mounted by the kubelet.
+//! [`Cluster`]), installed from the rendered bundles and the Helm chart, its
+//! pods behind their Services, their certificates mounted by the kubelet.
 //!
 //! One test, in steps, because one cluster with a node runs on a machine at a
 //! time (it owns a bridge and iptables rules): this binary starts its own in
@@ -68,6 +68,13 @@ async fn replika_runs_from_its_image_as_installed_by_users() {
     progress.done("cert-manager install");
     a_renewed_certificate_reaches_the_running_pods(&cluster, &client).await;
     progress.done("certificate renewal");
+    no_pod_was_restarted(&client).await;
+
+    cluster
+        .deploy(Install::Helm, &image)
+        .expect("the chart is installed and available");
+    the_chart_replicates(&cluster, &client).await;
+    progress.done("helm install");
     no_pod_was_restarted(&client).await;
 }
 
@@ -538,6 +545,22 @@ async fn a_renewed_certificate_reaches_the_running_pods(cluster: &Cluster, clien
         &[("example-key", "value")],
     )
     .await;
+}
+
+/// The chart's operator, with its own certificates, admits and replicates
+/// the example (the bundle's removal took the previous Replika with it).
+async fn the_chart_replicates(cluster: &Cluster, client: &Client) {
+    ready_pods(client).await;
+    kubectl_ok(cluster, &["apply", "--filename", EXAMPLE]);
+    for namespace in ["e2e-team-a", "e2e-team-b"] {
+        wait_for_copy(
+            client,
+            namespace,
+            EXAMPLE_SOURCE,
+            &[("example-key", "value")],
+        )
+        .await;
+    }
 }
 
 /// Sets the example's source ConfigMap's one key.

@@ -1,9 +1,15 @@
 //! Installing Replika into a [`Cluster`] the way docs/install.md tells users
 //! to, with an image imported from this machine (`make deploy`).
 
-use std::{fmt, fs, path::Path, process::Command, str::FromStr};
+use std::{
+    fmt, fs,
+    path::Path,
+    process::Command,
+    str::FromStr,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 
 use super::{Cluster, checked, repo_path};
 use crate::process::{self, Processes};
@@ -14,6 +20,16 @@ const NAMESPACE: &str = "replika";
 const DEPLOYMENT: &str = "deployment/replika-controller-manager";
 /// How long a rollout may take: two pods, probes included.
 const ROLLOUT_TIMEOUT: &str = "180s";
+/// How long the webhooks may take to answer through their Service once the
+/// pods are ready.
+const ADMISSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Applied as a dry run to see the webhooks answer.
+const PROBE_REPLIKA: &str = r#"{
+  "apiVersion": "replika.prosimcorp.com/v1beta1", "kind": "Replika",
+  "metadata": {"name": "admission-probe", "namespace": "default"},
+  "spec": {"synchronization": {"time": "1m"},
+           "source": {"group": "", "version": "v1", "kind": "ConfigMap", "name": "admission-probe"},
+           "target": {"namespaces": {"matchAll": false, "replicateIn": ["default-copy"]}}}}"#;
 /// cert-manager's controller loops and CA injector (tools/build-cert-manager.sh),
 /// run on the host against the cluster, as tests/install.rs runs them.
 const CERT_MANAGER: [&str; 2] = ["controller", "cainjector"];
@@ -209,10 +225,35 @@ impl Cluster {
             "--output=jsonpath={.spec.replicas} {.status.readyReplicas}",
         ])?;
         match counts.split_whitespace().collect::<Vec<_>>().as_slice() {
-            [wanted, ready] if wanted == ready => Ok(()),
-            _ => Err(anyhow!(
-                "the Deployment is Available but not all pods are ready: {counts}"
-            )),
+            [wanted, ready] if wanted == ready => {}
+            _ => bail!("the Deployment is Available but not all pods are ready: {counts}"),
+        }
+        self.wait_admitting()
+    }
+
+    /// Waits until the API server reaches the webhooks through their Service
+    /// (a new Service's endpoints take a moment to reach kube-proxy): a
+    /// Replika applied as a server-side dry run is admitted. Webhooks have no
+    /// side effects, so a dry run is answered as the real thing would be.
+    fn wait_admitting(&self) -> Result<()> {
+        let deadline = Instant::now() + ADMISSION_TIMEOUT;
+        loop {
+            let probe = crate::run_with_stdin(
+                self.plane
+                    .kubectl()
+                    .args(["apply", "--dry-run=server", "--filename=-"]),
+                PROBE_REPLIKA,
+            );
+            if probe.status_ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the webhooks did not admit a Replika within {ADMISSION_TIMEOUT:?}: {}",
+                    probe.stderr.trim()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 

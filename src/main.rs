@@ -264,10 +264,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(server = %version.git_version, "connected to the API server");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+    }
     let stop_watch = stop_rx.clone();
     let stopped = move || {
         let mut stop_rx = stop_rx.clone();
@@ -322,12 +326,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let webhook = match webhook_options(&args, &client, &authorizer)? {
         Some(options) => {
             let (client, metrics, readiness) = (client.clone(), metrics.clone(), readiness.clone());
-            let stopped = stopped();
+            let (stopped, stop_tx) = (stopped(), stop_tx.clone());
             Some(tokio::spawn(async move {
-                if let Err(error) = webhook::run(client, options, metrics, readiness, stopped).await
-                {
-                    error!(%error, "the webhook server failed");
+                let served = webhook::run(client, options, metrics, readiness, stopped).await;
+                if let Err(error) = &served {
+                    // A replica that cannot serve the webhooks stops (handing
+                    // its Lease over) and exits non-zero, so it is restarted.
+                    error!(%error, "the webhook server failed; stopping");
+                    let _ = stop_tx.send(true);
                 }
+                served
             }))
         }
         None => None,
@@ -372,13 +380,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.leader.set(1);
         controller::run(client, settings, authorizer, telemetry(), stopped()).await;
     }
-    if let Some(webhook) = webhook {
-        let _ = webhook.await;
-    }
     if let Some(operations) = operations {
         let _ = operations.await;
     }
-    Ok(())
+    match webhook {
+        Some(webhook) => match webhook.await {
+            Ok(served) => served.context("the webhook server failed"),
+            Err(error) => Err(anyhow::Error::from(error).context("the webhook server panicked")),
+        },
+        None => Ok(()),
+    }
 }
 
 /// Says in one line how Replikas get an author this process will replicate for.

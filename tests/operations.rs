@@ -346,3 +346,26 @@ async fn a_follower_with_a_shorter_lease_waits_out_the_one_the_leader_recorded()
     );
     old.process.signal("KILL");
 }
+
+#[tokio::test]
+async fn a_replica_whose_webhook_server_fails_exits_so_that_it_is_restarted() {
+    let installed = installed();
+    let missing = std::env::temp_dir().join(format!("replika-no-certs-{}", std::process::id()));
+    let args = [
+        "--reconcile=false".to_string(),
+        format!("--webhook-bind=127.0.0.1:{}", free_port()),
+        format!("--tls-dir={}", missing.display()),
+    ];
+    let mut replica = start_operator(&installed.operator_kubeconfig, "no-certs", &args);
+    let code = replica.wait_for_exit(DEADLINE).await;
+    assert!(
+        code.is_some_and(|code| code != 0),
+        "exit code {code:?}\n{}",
+        replica.log_tail()
+    );
+    assert!(
+        replica.log().contains("the webhook server failed"),
+        "{}",
+        replica.log_tail()
+    );
+}

@@ -947,15 +947,7 @@ async fn a_deleted_replika_keeps_its_finalizer_until_it_can_see_its_copies() {
         .await
         .expect("repairing the spec");
     wait_for_absence(&client, &target, "settings").await;
-    wait_for("the Replika to be gone", DEADLINE, || async {
-        replikas
-            .get_opt("settings")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_until_gone(&client, &src, "settings").await;
 }
 
 #[tokio::test]

@@ -176,7 +176,8 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let Some(source) = caches.source.store.get(&source_key) else {
         let remove = plan.policy.on_source_deleted == SourceDeletedPolicy::Delete;
         if remove {
-            let inheritance = Inheritance::of(replika, &plan, &targets_of(&plan, ctx), ctx);
+            let targets = targets_of(&plan, ctx);
+            let inheritance = Inheritance::of(replika, &plan, &targets, ctx);
             prune(
                 &writer,
                 &caches.copies,
@@ -292,20 +293,20 @@ fn targets_of(plan: &ReplikaPlan, ctx: &Context) -> BTreeSet<String> {
 ///   an admin settles it;
 /// - a deleted predecessor's (same namespace and name, another UID), whose
 ///   cleanup could not remove them: adopted once that Replika is gone.
-struct Inheritance {
-    /// Target namespaces whose inherited copy is this Replika's.
-    heritable: BTreeSet<String>,
+struct Inheritance<'a> {
+    /// The namespaces this Replika targets: an uncontested inherited copy there is its own.
+    targets: &'a BTreeSet<String>,
     /// The other Replikas (`namespace/name`) that could have made each contested copy.
     contested: BTreeMap<String, Vec<String>>,
     /// UIDs of the Replikas that exist (a predecessor among them is still cleaning up).
     live: BTreeSet<String>,
 }
 
-impl Inheritance {
+impl<'a> Inheritance<'a> {
     fn of(
         replika: &Replika,
         plan: &ReplikaPlan,
-        targets: &BTreeSet<String>,
+        targets: &'a BTreeSet<String>,
         ctx: &Context,
     ) -> Self {
         let mut contested: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -329,13 +330,8 @@ impl Inheritance {
                     .push(format!("{namespace}/{}", rival.name_any()));
             }
         }
-        let heritable = targets
-            .iter()
-            .filter(|namespace| !contested.contains_key(*namespace))
-            .cloned()
-            .collect();
         Inheritance {
-            heritable,
+            targets,
             contested,
             live,
         }
@@ -345,7 +341,10 @@ impl Inheritance {
     fn claims(&self, copy: &CopyRecord, owner: &Owner) -> bool {
         match copy.marks.ownership(owner) {
             Ownership::Ours => true,
-            Ownership::Inherited => self.heritable.contains(&copy.namespace),
+            Ownership::Inherited => {
+                self.targets.contains(&copy.namespace)
+                    && !self.contested.contains_key(&copy.namespace)
+            }
             Ownership::Predecessor(uid) => !self.live.contains(&uid),
             Ownership::OtherReplika(_) | Ownership::Unowned => false,
         }
@@ -453,7 +452,7 @@ async fn sync_one(
     template: &CopyTemplate,
     owner: &Owner,
     conflict: ConflictPolicy,
-    inheritance: &Inheritance,
+    inheritance: &Inheritance<'_>,
 ) -> Outcome {
     let Some(existing) = existing else {
         return writer.create(namespace, template).await;
@@ -500,7 +499,7 @@ async fn prune(
     writer: &CopyWriter<'_>,
     copies: &WatchView<CopyIndex>,
     owner: &Owner,
-    inheritance: &Inheritance,
+    inheritance: &Inheritance<'_>,
     targets: &BTreeSet<String>,
     ctx: &Context,
 ) -> Pruned {
@@ -582,7 +581,8 @@ async fn remove_or_release(
     let writer = ctx.copy_writer(&caches.kind.resource, &owner.uid);
     match plan.policy.on_replika_deleted {
         ReplikaDeletedPolicy::Delete => {
-            let inheritance = Inheritance::of(replika, plan, &targets_of(plan, ctx), ctx);
+            let targets = targets_of(plan, ctx);
+            let inheritance = Inheritance::of(replika, plan, &targets, ctx);
             let pruned = prune(
                 &writer,
                 &caches.copies,

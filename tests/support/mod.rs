@@ -539,6 +539,12 @@ pub async fn delete_replika(client: &Client, namespace: &str, name: &str) {
     api.delete(name, &DeleteParams::default())
         .await
         .expect("deleting the Replika");
+    wait_until_gone(client, namespace, name).await;
+}
+
+/// Waits until the Replika is gone (its finalizer has run).
+pub async fn wait_until_gone(client: &Client, namespace: &str, name: &str) {
+    let api = Api::<Replika>::namespaced(client.clone(), namespace);
     wait_for(
         &format!("Replika {namespace}/{name} to be gone"),
         DEADLINE,

@@ -144,17 +144,12 @@ pub fn mutate_request(
     // leaves it as stored, defaults or not: a Replika stored before the
     // webhooks existed must not have its spec changed, and re-validated, by a
     // metadata write.
+    let replika = serde_json::from_value::<Replika>(object.clone()).ok();
     let unchanged = request
         .old_object
         .as_ref()
         .and_then(|old| parse_replika(Some(old)).ok())
-        .filter(|old| {
-            Some(&old.spec)
-                == parse_replika(request.object.as_ref())
-                    .ok()
-                    .map(|new| new.spec)
-                    .as_ref()
-        });
+        .filter(|old| replika.as_ref().is_some_and(|new| new.spec == old.spec));
     let mut operations = if unchanged.is_some() {
         Vec::new()
     } else {
@@ -164,6 +159,7 @@ pub fn mutate_request(
         operations.extend(attest(
             request,
             &object,
+            replika.as_ref(),
             unchanged.as_ref(),
             signer,
             from_operator,
@@ -218,12 +214,13 @@ fn defaults(object: &Value, namespace: Option<&str>) -> Vec<Value> {
 fn attest(
     request: &AdmissionRequest<DynamicObject>,
     object: &Value,
+    replika: Option<&Replika>,
     unchanged: Option<&Replika>,
     signer: &Signer,
     from_operator: bool,
 ) -> Vec<Value> {
     let namespace = request.namespace.clone().unwrap_or_default();
-    let Ok(replika) = serde_json::from_value::<Replika>(object.clone()) else {
+    let Some(replika) = replika else {
         return Vec::new();
     };
     let Ok(plan) = validate(&replika.spec, &namespace) else {

@@ -36,6 +36,15 @@ pub const LEGACY_FINALIZER: &str = "replika.prosimcorp.com/finalizer";
 /// Set by an update (`replika attest`) to ask the webhooks to sign the requesting
 /// user as the Replika's author; the mutating webhook removes it again.
 pub const ANNOTATION_ATTEST: &str = "replika.prosimcorp.com/attest";
+/// Label on a namespace: [`REPLICATION_DISABLED`] refuses every copy, whatever
+/// the Replika's rule (`matchAll`, selectors and names included).
+pub const LABEL_REPLICATION: &str = "replika.prosimcorp.com/replication";
+/// Value of [`LABEL_REPLICATION`] that refuses copies.
+pub const REPLICATION_DISABLED: &str = "disabled";
+/// Annotation on a namespace: the sources (`namespace/name`, globs allowed,
+/// separated by commas or spaces) whose copies it accepts from Replikas that
+/// set `target.namespaces.requireOptIn`.
+pub const ANNOTATION_ACCEPT_FROM: &str = "replika.prosimcorp.com/accept-from";
 
 /// Desired state of a Replika: one source object copied into a set of namespaces.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -86,14 +95,21 @@ pub struct SourceSpec {
     pub namespace: Option<String>,
 }
 
-/// Where the copies go and what extra metadata they carry.
+/// Where the copies go, under which name, and what they hold besides the source's content.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct TargetSpec {
+    /// Name of the copies; defaults to the source's name. Changing it removes
+    /// the copies made under the previous name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<TargetNamespacesSpec>,
     /// Labels and annotations added to every copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<TargetMetadataSpec>,
+    /// Which keys of a Secret's or ConfigMap's data the copies hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<TargetDataSpec>,
 }
 
 /// The target namespace set; see the README for the exact rule.
@@ -111,6 +127,21 @@ pub struct TargetNamespacesSpec {
     /// Only namespaces whose labels match this selector are targeted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
+    /// Only namespaces that accept copies of this source, by naming it in their
+    /// `replika.prosimcorp.com/accept-from` annotation, are targeted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_opt_in: Option<bool>,
+}
+
+/// Key filters for the data of a Secret or ConfigMap (`data`, `binaryData`, `stringData`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct TargetDataSpec {
+    /// Keys (or globs such as `tls.*`) copied; every key when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include: Option<Vec<String>>,
+    /// Keys (or globs) never copied, even when included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<Vec<String>>,
 }
 
 /// Extra metadata put on every copy.
@@ -202,6 +233,19 @@ pub struct ReplikaStatus {
     pub source_resource_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// The kind and name the copies were last made as; when the spec changes
+    /// either, the copies under this one are removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copies: Option<CopiesIdentity>,
+}
+
+/// The kind and name of a Replika's copies.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CopiesIdentity {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
 }
 
 /// How many target namespaces there are and how they fare.

@@ -547,6 +547,7 @@ fn target_namespaces() -> impl Strategy<Value = TargetNamespacesSpec> {
                 match_all,
                 exclude_from,
                 selector,
+                require_opt_in: None,
             },
         )
 }
@@ -602,6 +603,7 @@ fn replika_spec() -> BoxedStrategy<ReplikaSpec> {
             target: TargetSpec {
                 namespaces,
                 metadata,
+                ..Default::default()
             },
             policy,
         })

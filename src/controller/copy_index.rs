@@ -17,6 +17,7 @@ use kube::runtime::watcher::Event;
 
 use super::MANAGER;
 use crate::domain::copy::CopyMarks;
+use crate::domain::plan::Found;
 use crate::sync;
 
 /// An object that may be, or collide with, a copy, as the metadata watch delivers it.
@@ -52,6 +53,15 @@ impl CopyRecord {
             ),
             deleting: metadata.deletion_timestamp.is_some(),
             create_entry: create_entry_index(metadata),
+        }
+    }
+
+    /// What the domain's planner needs to know of it.
+    pub fn found(&self) -> Found<'_> {
+        Found {
+            namespace: &self.namespace,
+            marks: &self.marks,
+            deleting: self.deleting,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`kinds`]: discovery of the kinds Replikas name.
 //! - [`copy_index`]: the compact cache of copies (and of objects in their way).
 //! - [`copies`]: writing, replacing, pruning and orphaning copies.
+//! - [`previous_copies`]: removing the copies made under a previous name or kind.
 //! - [`reconcile`]: one pass over one Replika.
 //! - [`status`]: conditions, counts and Events.
 
@@ -12,6 +13,7 @@ pub mod copies;
 pub mod copy_index;
 pub mod error;
 pub mod kinds;
+pub mod previous_copies;
 pub mod reconcile;
 pub mod status;
 pub mod watches;

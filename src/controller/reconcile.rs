@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::copies::{CopyWriter, Outcome, describe};
 use super::copy_index::{CopyIndex, CopyRecord};
+use super::previous_copies;
 use super::kinds::{KindError, ServedKind, display};
 use super::status::{Blocked, PassResult, next_status, publish};
 use super::watches::{CopyCacheKey, WatchView};
@@ -24,7 +25,8 @@ use crate::api::{
     ConflictPolicy, FINALIZER, LEGACY_FINALIZER, Replika, ReplikaDeletedPolicy, SourceDeletedPolicy,
 };
 use crate::domain::access::author_checks;
-use crate::domain::copy::{CopyTemplate, ExtraMetadata, Owner, Ownership};
+use crate::domain::copy::{CopyTemplate, Owner, Ownership};
+use crate::domain::plan::{Scope, Step, is_stale, step};
 use crate::domain::targets::NamespaceView;
 use crate::domain::validation::{ReplikaPlan, validate};
 
@@ -176,17 +178,8 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let Some(source) = caches.source.store.get(&source_key) else {
         let remove = plan.policy.on_source_deleted == SourceDeletedPolicy::Delete;
         if remove {
-            let targets = targets_of(&plan, ctx);
-            let inheritance = Inheritance::of(replika, &plan, &targets, ctx);
-            prune(
-                &writer,
-                &caches.copies,
-                &owner,
-                &inheritance,
-                &BTreeSet::new(),
-                ctx,
-            )
-            .await;
+            let scope = scope_of(replika, &plan, ctx);
+            prune(&writer, &caches.copies, &owner, &scope, &BTreeSet::new(), ctx).await;
         }
         let blocked = Blocked::SourceNotFound {
             copies_removed: remove,
@@ -199,11 +192,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     // Objects from a list carry no type, and server-side apply needs it.
     source_json["apiVersion"] = caches.kind.resource.api_version.clone().into();
     source_json["kind"] = caches.kind.resource.kind.clone().into();
-    let extra = ExtraMetadata {
-        labels: &plan.extra_labels,
-        annotations: &plan.extra_annotations,
-    };
-    let template = match CopyTemplate::new(&source_json, &owner, &extra) {
+    let template = match CopyTemplate::new(&source_json, &owner, &plan.copy) {
         Ok(template) => template,
         Err(why) => {
             report(
@@ -216,26 +205,22 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
-    let targets = targets_of(&plan, ctx);
-    let inheritance = Inheritance::of(replika, &plan, &targets, ctx);
+    let scope = scope_of(replika, &plan, ctx);
     let existing = caches.copies.store.snapshot();
 
     let source_changed_at = caches.source.health.last_change();
-    let outcomes: BTreeMap<String, Outcome> = stream::iter(targets.iter().cloned())
+    let outcomes: BTreeMap<String, Outcome> = stream::iter(scope.targets.iter().cloned())
         .map(|namespace| {
             let found = existing.get(&namespace).cloned();
-            let (writer, template, owner, inheritance) = (&writer, &template, &owner, &inheritance);
+            let (writer, template, owner, scope) = (&writer, &template, &owner, &scope);
             async move {
-                let outcome = sync_one(
-                    writer,
-                    found.as_deref(),
-                    &namespace,
-                    template,
-                    owner,
-                    plan.policy.conflict,
-                    inheritance,
-                )
-                .await;
+                let outcome = match found.as_deref() {
+                    None => writer.create(&namespace, template).await,
+                    Some(existing) => {
+                        sync_one(writer, existing, template, owner, plan.policy.conflict, scope)
+                            .await
+                    }
+                };
                 if let (Outcome::Created | Outcome::Updated | Outcome::Replaced, Some(changed)) =
                     (&outcome, source_changed_at)
                 {
@@ -252,9 +237,24 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     writer
         .upgrade_created(ctx.settings.max_parallel_writes)
         .await;
-    let pruned = prune(&writer, &caches.copies, &owner, &inheritance, &targets, ctx)
+    let mut pruned = prune(&writer, &caches.copies, &owner, &scope, &scope.targets, ctx)
         .await
         .removed;
+    let current = previous_copies::identity(&caches.kind, &plan.copy.name);
+    let copies = match previous_copies::superseded(replika, &current) {
+        None => current,
+        Some(previous) => match previous_copies::remove(&previous, &owner, ctx).await {
+            Ok(removed) => {
+                pruned += removed;
+                current
+            }
+            Err(error) => {
+                // Still recorded as the copies' identity, so the next pass retries.
+                warn!(replika = %replika_ref, %error, "could not remove the copies made under a previous name or kind");
+                previous
+            }
+        },
+    };
 
     // Writes refused for lack of leadership (however briefly) say nothing about
     // the copies: report nothing, and try again shortly.
@@ -267,88 +267,21 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         outcomes,
         pruned,
         source_resource_version: source.resource_version(),
+        copies,
     };
     report(ctx, replika, result).await?;
     Ok(Action::requeue(plan.resync))
 }
 
-/// The namespaces `plan` targets now.
-fn targets_of(plan: &ReplikaPlan, ctx: &Context) -> BTreeSet<String> {
+/// The scope of `plan` in the cluster as the caches show it now.
+fn scope_of(replika: &Replika, plan: &ReplikaPlan, ctx: &Context) -> Scope {
     let namespaces = ctx.namespaces.all();
-    plan.targets.select(
-        namespaces.iter().map(|ns| NamespaceView {
-            name: ns.metadata.name.as_deref().unwrap_or_default(),
-            labels: ns.labels(),
-            terminating: ns.metadata.deletion_timestamp.is_some(),
-        }),
-        &plan.source.namespace,
-    )
-}
-
-/// Which copies made by others a Replika takes over:
-/// - the earlier Go operator's: its labels name the Replika but not its
-///   namespace, so a copy is inherited only in a namespace this Replika targets
-///   and no other Replika of the same name, copying the same kind and name,
-///   targets too; where one does, the copy is contested and left alone until
-///   an admin settles it;
-/// - a deleted predecessor's (same namespace and name, another UID), whose
-///   cleanup could not remove them: adopted once that Replika is gone.
-struct Inheritance<'a> {
-    /// The namespaces this Replika targets: an uncontested inherited copy there is its own.
-    targets: &'a BTreeSet<String>,
-    /// The other Replikas (`namespace/name`) that could have made each contested copy.
-    contested: BTreeMap<String, Vec<String>>,
-    /// UIDs of the Replikas that exist (a predecessor among them is still cleaning up).
-    live: BTreeSet<String>,
-}
-
-impl<'a> Inheritance<'a> {
-    fn of(
-        replika: &Replika,
-        plan: &ReplikaPlan,
-        targets: &'a BTreeSet<String>,
-        ctx: &Context,
-    ) -> Self {
-        let mut contested: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let replikas = ctx.replikas.state();
-        let live = replikas.iter().filter_map(|other| other.uid()).collect();
-        let rivals = replikas
-            .into_iter()
-            .filter(|other| other.name_any() == replika.name_any() && other.uid() != replika.uid());
-        for rival in rivals {
-            let namespace = rival.namespace().unwrap_or_default();
-            let Ok(theirs) = validate(&rival.spec, &namespace) else {
-                continue;
-            };
-            if theirs.source.gvk != plan.source.gvk || theirs.source.name != plan.source.name {
-                continue;
-            }
-            for target in targets_of(&theirs, ctx).intersection(targets) {
-                contested
-                    .entry(target.clone())
-                    .or_default()
-                    .push(format!("{namespace}/{}", rival.name_any()));
-            }
-        }
-        Inheritance {
-            targets,
-            contested,
-            live,
-        }
-    }
-
-    /// Whether `copy` is this Replika's to keep in sync and to remove.
-    fn claims(&self, copy: &CopyRecord, owner: &Owner) -> bool {
-        match copy.marks.ownership(owner) {
-            Ownership::Ours => true,
-            Ownership::Inherited => {
-                self.targets.contains(&copy.namespace)
-                    && !self.contested.contains_key(&copy.namespace)
-            }
-            Ownership::Predecessor(uid) => !self.live.contains(&uid),
-            Ownership::OtherReplika(_) | Ownership::Unowned => false,
-        }
-    }
+    let views: Vec<NamespaceView<'_>> = namespaces
+        .iter()
+        .map(|ns| NamespaceView::of(&ns.metadata))
+        .collect();
+    let replikas = ctx.replikas.state();
+    Scope::of(replika, plan, replikas.iter().map(|r| &**r), &views)
 }
 
 /// Resolves the kind and opens the watches, or says what blocks replication.
@@ -416,7 +349,7 @@ async fn open_caches(
         &replika_ref,
         &CopyCacheKey {
             gvk: plan.source.gvk.clone(),
-            name: plan.source.name.clone(),
+            name: plan.copy.name.clone(),
         },
         &kind.resource,
     );
@@ -444,46 +377,21 @@ async fn open_caches(
     }))
 }
 
-/// Brings one target namespace in line with the template.
+/// Brings the object found in one target namespace in line with the template,
+/// as the domain's [`step`] decides.
 async fn sync_one(
     writer: &CopyWriter<'_>,
-    existing: Option<&CopyRecord>,
-    namespace: &str,
+    existing: &CopyRecord,
     template: &CopyTemplate,
     owner: &Owner,
     conflict: ConflictPolicy,
-    inheritance: &Inheritance<'_>,
+    scope: &Scope,
 ) -> Outcome {
-    let Some(existing) = existing else {
-        return writer.create(namespace, template).await;
-    };
-    if existing.deleting {
-        return Outcome::Failed(
-            "the copy is being deleted; it will be created again once it is gone".into(),
-        );
-    }
-    match existing.marks.ownership(owner) {
-        Ownership::Ours => writer.sync_owned(existing, template).await,
-        Ownership::OtherReplika(other) => Outcome::Conflict(format!("the object is managed by Replika {other}")),
-        Ownership::Predecessor(_) if inheritance.claims(existing, owner) => {
-            writer.update(existing, template).await
-        }
-        Ownership::Predecessor(uid) => Outcome::Conflict(format!(
-            "the object belongs to the previous Replika of this name (UID {uid}), which is still being deleted"
-        )),
-        Ownership::Inherited => match inheritance.contested.get(namespace) {
-            // Adopted: from now on it carries this Replika's marks.
-            None => writer.update(existing, template).await,
-            Some(rivals) => Outcome::Conflict(format!(
-                "the earlier Go operator made this object for a Replika named {}, and Replikas {} of that name copy the same source here: delete the object and the first of them to sync makes it again as its own",
-                owner.name,
-                rivals.join(", ")
-            )),
-        },
-        Ownership::Unowned if conflict == ConflictPolicy::Adopt => writer.update(existing, template).await,
-        Ownership::Unowned => Outcome::Conflict(
-            "an object with this name exists and is not managed by Replika (policy.conflict: Refuse)".into(),
-        ),
+    match step(existing.found(), owner, conflict, scope) {
+        Step::Sync => writer.sync_owned(existing, template).await,
+        Step::Adopt => writer.update(existing, template).await,
+        Step::Conflict(why) => Outcome::Conflict(why),
+        Step::Wait(why) => Outcome::Failed(why),
     }
 }
 
@@ -494,22 +402,20 @@ struct Pruned {
     failed: usize,
 }
 
-/// Deletes our copies outside `targets`.
+/// Deletes our copies outside `keep`.
 async fn prune(
     writer: &CopyWriter<'_>,
     copies: &WatchView<CopyIndex>,
     owner: &Owner,
-    inheritance: &Inheritance<'_>,
-    targets: &BTreeSet<String>,
+    scope: &Scope,
+    keep: &BTreeSet<String>,
     ctx: &Context,
 ) -> Pruned {
     let stale: Vec<Arc<CopyRecord>> = copies
         .store
         .all()
         .into_iter()
-        .filter(|copy| {
-            inheritance.claims(copy, owner) && !copy.deleting && !targets.contains(&copy.namespace)
-        })
+        .filter(|copy| is_stale(copy.found(), owner, scope, keep))
         .collect();
     stream::iter(stale)
         .map(|copy| async move {
@@ -581,19 +487,14 @@ async fn remove_or_release(
     let writer = ctx.copy_writer(&caches.kind.resource, &owner.uid);
     match plan.policy.on_replika_deleted {
         ReplikaDeletedPolicy::Delete => {
-            let targets = targets_of(plan, ctx);
-            let inheritance = Inheritance::of(replika, plan, &targets, ctx);
-            let pruned = prune(
-                &writer,
-                &caches.copies,
-                owner,
-                &inheritance,
-                &BTreeSet::new(),
-                ctx,
-            )
-            .await;
+            let scope = scope_of(replika, plan, ctx);
+            let pruned = prune(&writer, &caches.copies, owner, &scope, &BTreeSet::new(), ctx).await;
             if pruned.failed > 0 {
                 return Err(Error::CleanupIncomplete(pruned.failed));
+            }
+            let current = previous_copies::identity(&caches.kind, &plan.copy.name);
+            if let Some(previous) = previous_copies::superseded(replika, &current) {
+                previous_copies::remove(&previous, owner, ctx).await?;
             }
             info!(replika = %ObjectRef::from_obj(replika), removed = pruned.removed, "removed the copies of a deleted Replika");
             Ok(())

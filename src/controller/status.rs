@@ -15,7 +15,7 @@ use tracing::warn;
 
 use super::copies::{NotLeading, Outcome};
 use super::{Context, MANAGER};
-use crate::api::{Replika, ReplikaStatus, TargetCounts, TargetFailure};
+use crate::api::{CopiesIdentity, Replika, ReplikaStatus, TargetCounts, TargetFailure};
 
 /// The seed's condition: the source was read and written to every target it could be.
 pub const CONDITION_SOURCE_SYNCED: &str = "SourceSynced";
@@ -79,6 +79,8 @@ pub enum PassResult {
         outcomes: BTreeMap<String, Outcome>,
         pruned: usize,
         source_resource_version: Option<String>,
+        /// What the copies are made as, for the next pass to see a rename.
+        copies: CopiesIdentity,
     },
 }
 
@@ -116,12 +118,14 @@ pub fn next_status(replika: &Replika, result: &PassResult, now: Timestamp) -> Re
                 failures: Vec::new(),
                 source_resource_version: previous.source_resource_version.clone(),
                 last_sync_time: previous.last_sync_time.clone(),
+                copies: previous.copies.clone(),
             }
         }
         PassResult::Replicated {
             outcomes,
             pruned,
             source_resource_version,
+            copies,
         } => {
             let counts = count(outcomes);
             let failures: Vec<TargetFailure> = outcomes
@@ -176,6 +180,7 @@ pub fn next_status(replika: &Replika, result: &PassResult, now: Timestamp) -> Re
                 } else {
                     previous.last_sync_time.clone()
                 },
+                copies: Some(copies.clone()),
             }
         }
     }
@@ -263,7 +268,7 @@ fn events(result: &PassResult, previous: &ReplikaStatus, status: &ReplikaStatus)
                 events.push(event(
                     EventType::Normal,
                     "Pruned",
-                    format!("removed {pruned} copies from namespaces that are no longer targets"),
+                    format!("removed {pruned} copies that are no longer wanted (namespaces no longer targeted, or a previous name)"),
                 ));
             }
             if status.failures != previous.failures {

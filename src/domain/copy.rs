@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use super::names::glob_matches;
+
 use crate::api::{
     ANNOTATION_CONTENT_HASH, ANNOTATION_OWNER, ANNOTATION_OWNER_UID, CREATED_BY_VALUE,
     LABEL_CREATED_BY, LABEL_PART_OF, REPLIKA_KEY_PREFIX,
@@ -64,21 +66,54 @@ pub struct CopyTemplate {
     content_hash: String,
 }
 
-/// Extra metadata to put on every copy (`spec.target.metadata`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct ExtraMetadata<'a> {
-    pub labels: &'a BTreeMap<String, String>,
-    pub annotations: &'a BTreeMap<String, String>,
+/// What a Replika's spec says about its copies besides the source's content
+/// (`spec.target.name`, `.metadata` and `.data`), with defaults applied.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CopySettings {
+    /// The copies' name.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub keys: KeyFilter,
+}
+
+/// Which keys of a Secret's or ConfigMap's data are copied (`spec.target.data`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeyFilter {
+    /// Patterns of the keys copied; every key when `None`.
+    pub include: Option<Vec<String>>,
+    /// Patterns of the keys never copied.
+    pub exclude: Vec<String>,
+}
+
+/// The fields of a Secret or ConfigMap that hold its keyed data.
+const DATA_FIELDS: [&str; 3] = ["data", "binaryData", "stringData"];
+
+impl KeyFilter {
+    /// Whether the copies hold `key`.
+    pub fn keeps(&self, key: &str) -> bool {
+        let matches = |patterns: &[String]| patterns.iter().any(|p| glob_matches(p, key));
+        self.include.as_deref().is_none_or(matches) && !matches(&self.exclude)
+    }
+
+    /// Removes the keys the filter drops from the data fields of `body`.
+    fn apply(&self, body: &mut Map<String, Value>) {
+        for field in DATA_FIELDS {
+            if let Some(Value::Object(entries)) = body.get_mut(field) {
+                entries.retain(|key, _| self.keeps(key));
+            }
+        }
+    }
 }
 
 impl CopyTemplate {
-    /// Builds the copy of `source` written by `owner`.
+    /// Builds the copy of `source` written by `owner`, shaped by `settings`.
     pub fn new(
         source: &Value,
         owner: &Owner,
-        extra: &ExtraMetadata<'_>,
+        settings: &CopySettings,
     ) -> Result<Self, UncopyableSource> {
-        let mut body = copy_template(source, owner, extra)?;
+        let mut body = copy_template(source, owner, settings)?;
         let content_hash = content_hash(&body);
         body["metadata"]["annotations"][ANNOTATION_CONTENT_HASH] =
             Value::String(content_hash.clone());
@@ -88,11 +123,6 @@ impl CopyTemplate {
     /// Digest of the copied content; the same for every namespace.
     pub fn content_hash(&self) -> &str {
         &self.content_hash
-    }
-
-    /// Whether the copy is marked immutable (Secrets and ConfigMaps).
-    pub fn is_immutable(&self) -> bool {
-        self.body.get("immutable").and_then(Value::as_bool) == Some(true)
     }
 
     /// Whether `object`, as read from `namespace`, already holds everything this
@@ -113,7 +143,7 @@ impl CopyTemplate {
 fn copy_template(
     source: &Value,
     owner: &Owner,
-    extra: &ExtraMetadata<'_>,
+    settings: &CopySettings,
 ) -> Result<Value, UncopyableSource> {
     let object = source.as_object().ok_or(UncopyableSource::NotAnObject)?;
     if object.get("kind").and_then(Value::as_str) == Some("Secret")
@@ -125,13 +155,13 @@ fn copy_template(
     let mut labels = copied_entries(&source_meta, "labels");
     let mut annotations = copied_entries(&source_meta, "annotations");
     labels.extend(
-        extra
+        settings
             .labels
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone()))),
     );
     annotations.extend(
-        extra
+        settings
             .annotations
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone()))),
@@ -152,10 +182,7 @@ fn copy_template(
     );
 
     let mut metadata = Map::new();
-    metadata.insert(
-        "name".into(),
-        source_meta.get("name").cloned().unwrap_or_default(),
-    );
+    metadata.insert("name".into(), Value::String(settings.name.clone()));
     metadata.insert("labels".into(), Value::Object(labels));
     metadata.insert("annotations".into(), Value::Object(annotations));
 
@@ -165,6 +192,7 @@ fn copy_template(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     body.insert("metadata".into(), Value::Object(metadata));
+    settings.keys.apply(&mut body);
     Ok(Value::Object(body))
 }
 
@@ -281,6 +309,14 @@ mod tests {
         }
     }
 
+    /// The settings of a Replika that only names its targets.
+    fn settings() -> CopySettings {
+        CopySettings {
+            name: "registry-creds".into(),
+            ..Default::default()
+        }
+    }
+
     fn source() -> Value {
         json!({
             "apiVersion": "v1",
@@ -309,11 +345,7 @@ mod tests {
 
     #[test]
     fn copies_content_and_drops_server_state_and_tracking_keys() {
-        let none = BTreeMap::new();
-        let extra = ExtraMetadata {
-            labels: &none,
-            annotations: &none,
-        };
+        let extra = settings();
         let template = CopyTemplate::new(&source(), &owner(), &extra).expect("copyable");
         let expected = json!({
             "apiVersion": "v1",
@@ -341,11 +373,7 @@ mod tests {
 
     #[test]
     fn hash_follows_content_not_namespace() {
-        let none = BTreeMap::new();
-        let extra = ExtraMetadata {
-            labels: &none,
-            annotations: &none,
-        };
+        let extra = settings();
         let a = CopyTemplate::new(&source(), &owner(), &extra).expect("copyable");
         assert_eq!(
             a.for_namespace("a")["metadata"]["annotations"][ANNOTATION_CONTENT_HASH],
@@ -361,9 +389,10 @@ mod tests {
     fn extra_metadata_is_added() {
         let labels = BTreeMap::from([("tier".to_string(), "apps".to_string())]);
         let annotations = BTreeMap::from([("note".to_string(), "copied".to_string())]);
-        let extra = ExtraMetadata {
-            labels: &labels,
-            annotations: &annotations,
+        let extra = CopySettings {
+            labels,
+            annotations,
+            ..settings()
         };
         let copy = CopyTemplate::new(&source(), &owner(), &extra)
             .expect("copyable")
@@ -373,14 +402,69 @@ mod tests {
     }
 
     #[test]
+    fn copies_take_the_target_name() {
+        let renamed = CopySettings {
+            name: "pull-secret".into(),
+            ..settings()
+        };
+        let copy = CopyTemplate::new(&source(), &owner(), &renamed)
+            .expect("copyable")
+            .for_namespace("a");
+        assert_eq!(copy["metadata"]["name"], "pull-secret");
+    }
+
+    #[test]
+    fn key_filters_keep_exactly_the_included_keys_minus_the_excluded() {
+        let mut source = source();
+        source["data"] = json!({"tls.crt": "Yw==", "tls.key": "aw==", "ca.crt": "Yw=="});
+        source["binaryData"] = json!({"tls.bin": "Yg=="});
+        let filtered = |include: Option<&[&str]>, exclude: &[&str]| {
+            let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect();
+            let settings = CopySettings {
+                keys: KeyFilter {
+                    include: include.map(strings),
+                    exclude: strings(exclude),
+                },
+                ..settings()
+            };
+            let copy = CopyTemplate::new(&source, &owner(), &settings)
+                .expect("copyable")
+                .for_namespace("a");
+            DATA_FIELDS
+                .iter()
+                .filter_map(|field| copy.get(*field).and_then(Value::as_object))
+                .flat_map(|entries| entries.keys().cloned())
+                .collect::<Vec<String>>()
+        };
+        assert_eq!(
+            filtered(None, &[]),
+            ["ca.crt", "tls.crt", "tls.key", "tls.bin"]
+        );
+        assert_eq!(filtered(Some(&["tls.*"]), &[]), ["tls.crt", "tls.key", "tls.bin"]);
+        assert_eq!(filtered(Some(&["tls.*"]), &["*.key"]), ["tls.crt", "tls.bin"]);
+        assert_eq!(filtered(None, &["tls.*"]), ["ca.crt"]);
+        assert_eq!(filtered(Some(&["absent"]), &[]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_content_hash_follows_the_key_filter() {
+        let all = CopyTemplate::new(&source(), &owner(), &settings()).expect("copyable");
+        let none = CopySettings {
+            keys: KeyFilter {
+                include: None,
+                exclude: vec!["*".into()],
+            },
+            ..settings()
+        };
+        let filtered = CopyTemplate::new(&source(), &owner(), &none).expect("copyable");
+        assert_ne!(all.content_hash(), filtered.content_hash());
+    }
+
+    #[test]
     fn service_account_tokens_are_never_copied() {
         let mut token = source();
         token["type"] = json!("kubernetes.io/service-account-token");
-        let none = BTreeMap::new();
-        let extra = ExtraMetadata {
-            labels: &none,
-            annotations: &none,
-        };
+        let extra = settings();
         assert_eq!(
             CopyTemplate::new(&token, &owner(), &extra),
             Err(UncopyableSource::ServiceAccountToken)
@@ -389,11 +473,7 @@ mod tests {
 
     #[test]
     fn a_copy_holds_the_template_whatever_others_added_but_not_when_content_differs() {
-        let none = BTreeMap::new();
-        let extra = ExtraMetadata {
-            labels: &none,
-            annotations: &none,
-        };
+        let extra = settings();
         let template = CopyTemplate::new(&source(), &owner(), &extra).expect("a template");
         let mut copy = template.for_namespace("team-a");
         copy["metadata"]["uid"] = json!("copy-uid");

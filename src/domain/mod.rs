@@ -7,6 +7,7 @@ pub mod attestation;
 pub mod copy;
 pub mod duration;
 pub mod names;
+pub mod plan;
 pub mod selector;
 pub mod targets;
 pub mod validation;

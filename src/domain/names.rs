@@ -1,4 +1,5 @@
-//! Kubernetes name rules and the glob patterns Replika accepts for namespaces.
+//! Kubernetes name rules and the glob patterns Replika accepts for namespaces
+//! and for the data keys of Secrets and ConfigMaps.
 
 /// Why a namespace name or pattern is malformed; `None` when it is fine.
 /// A pattern may use `*` (any run of characters) and `?` (one character).
@@ -54,6 +55,23 @@ pub fn dns_subdomain_problem(name: &str) -> Option<String> {
     name.split('.')
         .find_map(label_characters_problem)
         .map(|_| "must be lowercase letters, digits, '-' and '.', each part starting and ending with a letter or digit".into())
+}
+
+/// Why a data key or key pattern (`spec.target.data`) is malformed; `None`
+/// when it is fine. Keys are what Secrets and ConfigMaps accept: letters,
+/// digits, '-', '_' and '.', at most 253 characters; a pattern may add `*` and `?`.
+pub fn data_key_pattern_problem(pattern: &str) -> Option<String> {
+    if pattern.is_empty() || pattern.len() > 253 {
+        return Some("must be 1 to 253 characters".into());
+    }
+    pattern
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '*' | '?')))
+        .map(|bad| {
+            format!(
+                "contains {bad:?}: a key has letters, digits, '-', '_' and '.', and a pattern the globs '*' and '?'"
+            )
+        })
 }
 
 /// Whether `pattern` uses glob characters.
@@ -118,6 +136,16 @@ mod tests {
         assert!(namespace_pattern_problem("-x").is_some());
         assert!(namespace_pattern_problem("").is_some());
         assert!(namespace_pattern_problem(&"a".repeat(64)).is_some());
+    }
+
+    #[test]
+    fn data_key_patterns_follow_the_key_rules() {
+        assert_eq!(data_key_pattern_problem("tls.crt"), None);
+        assert_eq!(data_key_pattern_problem(".dockerconfigjson"), None);
+        assert_eq!(data_key_pattern_problem("DB_*"), None);
+        assert!(data_key_pattern_problem("").is_some());
+        assert!(data_key_pattern_problem("a/b").is_some());
+        assert!(data_key_pattern_problem("a b").is_some());
     }
 
     #[test]

@@ -3,14 +3,18 @@
 //! The rule, in one line (also in the README):
 //! `(matchAll ? all namespaces : replicateIn matches, or "default" when replicateIn is
 //! empty and there is no selector) ∩ selector − excludeFrom matches − the source
-//! namespace − Terminating namespaces`.
+//! namespace − Terminating namespaces − namespaces that refuse copies
+//! (− namespaces that do not accept this source, with requireOptIn)`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use super::names::glob_matches;
 use super::selector::selector_matches;
+use crate::api::{ANNOTATION_ACCEPT_FROM, LABEL_REPLICATION, REPLICATION_DISABLED};
 
 /// The namespace a Replika targets when it names none and has no selector.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -22,6 +26,9 @@ pub struct TargetRule {
     pub replicate_in: Vec<String>,
     pub exclude_from: Vec<String>,
     pub selector: Option<LabelSelector>,
+    /// With `requireOptIn`: the source (`namespace/name`) a namespace must
+    /// accept in its [`ANNOTATION_ACCEPT_FROM`] annotation to be a target.
+    pub opt_in_for: Option<String>,
 }
 
 /// What the rule needs to know about one namespace.
@@ -29,7 +36,36 @@ pub struct TargetRule {
 pub struct NamespaceView<'a> {
     pub name: &'a str,
     pub labels: &'a BTreeMap<String, String>,
+    pub annotations: &'a BTreeMap<String, String>,
     pub terminating: bool,
+}
+
+impl<'a> NamespaceView<'a> {
+    /// The view of a namespace from its metadata.
+    pub fn of(metadata: &'a ObjectMeta) -> Self {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        NamespaceView {
+            name: metadata.name.as_deref().unwrap_or_default(),
+            labels: metadata.labels.as_ref().unwrap_or(&EMPTY),
+            annotations: metadata.annotations.as_ref().unwrap_or(&EMPTY),
+            terminating: metadata.deletion_timestamp.is_some(),
+        }
+    }
+
+    /// Whether the namespace refuses every copy (its [`LABEL_REPLICATION`] label).
+    pub fn refuses_copies(&self) -> bool {
+        self.labels.get(LABEL_REPLICATION).map(String::as_str) == Some(REPLICATION_DISABLED)
+    }
+
+    /// Whether the namespace accepts copies of `source` (`namespace/name`):
+    /// its [`ANNOTATION_ACCEPT_FROM`] annotation lists it, or a glob matching it.
+    pub fn accepts(&self, source: &str) -> bool {
+        self.annotations
+            .get(ANNOTATION_ACCEPT_FROM)
+            .into_iter()
+            .flat_map(|accepted| accepted.split([',', ' ', '\n', '\t']))
+            .any(|entry| !entry.is_empty() && glob_matches(entry, source))
+    }
 }
 
 impl TargetRule {
@@ -55,6 +91,11 @@ impl TargetRule {
                 .any(|p| glob_matches(p, namespace.name))
             && namespace.name != source_namespace
             && !namespace.terminating
+            && !namespace.refuses_copies()
+            && self
+                .opt_in_for
+                .as_ref()
+                .is_none_or(|source| namespace.accepts(source))
     }
 
     /// The target namespaces among `namespaces`, sorted.
@@ -75,39 +116,45 @@ impl TargetRule {
 mod tests {
     use super::*;
 
-    struct Cluster(Vec<(&'static str, BTreeMap<String, String>, bool)>);
+    struct Cluster(Vec<ObjectMeta>);
 
     impl Cluster {
         fn new(names: &[&'static str]) -> Self {
-            Cluster(names.iter().map(|n| (*n, BTreeMap::new(), false)).collect())
+            Cluster(
+                names
+                    .iter()
+                    .map(|name| ObjectMeta {
+                        name: Some(name.to_string()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            )
+        }
+        fn namespace(&mut self, name: &str) -> &mut ObjectMeta {
+            self.0
+                .iter_mut()
+                .find(|ns| ns.name.as_deref() == Some(name))
+                .expect("namespace in fixture")
         }
         fn label(mut self, name: &str, key: &str, value: &str) -> Self {
-            let ns = self
-                .0
-                .iter_mut()
-                .find(|ns| ns.0 == name)
-                .expect("namespace in fixture");
-            ns.1.insert(key.into(), value.into());
+            let labels = self.namespace(name).labels.get_or_insert_default();
+            labels.insert(key.into(), value.into());
+            self
+        }
+        fn annotate(mut self, name: &str, key: &str, value: &str) -> Self {
+            let annotations = self.namespace(name).annotations.get_or_insert_default();
+            annotations.insert(key.into(), value.into());
             self
         }
         fn terminating(mut self, name: &str) -> Self {
-            let ns = self
-                .0
-                .iter_mut()
-                .find(|ns| ns.0 == name)
-                .expect("namespace in fixture");
-            ns.2 = true;
+            self.namespace(name).deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ));
             self
         }
         fn select(&self, rule: &TargetRule, source: &str) -> Vec<String> {
-            let views = self
-                .0
-                .iter()
-                .map(|(name, labels, terminating)| NamespaceView {
-                    name,
-                    labels,
-                    terminating: *terminating,
-                });
+            let views = self.0.iter().map(NamespaceView::of);
             rule.select(views, source).into_iter().collect()
         }
     }
@@ -191,5 +238,53 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(cluster.select(&rule, "src"), strings(&["live"]));
+    }
+
+    #[test]
+    fn a_namespace_that_refuses_copies_gets_none_whatever_the_rule() {
+        let cluster = Cluster::new(&["a", "b"])
+            .label("b", LABEL_REPLICATION, REPLICATION_DISABLED)
+            .label("b", "tier", "apps");
+        let by_name = TargetRule {
+            replicate_in: strings(&["a", "b"]),
+            ..Default::default()
+        };
+        let all = TargetRule {
+            match_all: true,
+            ..Default::default()
+        };
+        let by_label = TargetRule {
+            selector: Some(LabelSelector {
+                match_labels: Some([("tier".to_string(), "apps".to_string())].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(cluster.select(&by_name, "src"), strings(&["a"]));
+        assert_eq!(cluster.select(&all, "src"), strings(&["a"]));
+        assert!(cluster.select(&by_label, "src").is_empty());
+        // Any other value of the label refuses nothing.
+        let enabled = Cluster::new(&["a"]).label("a", LABEL_REPLICATION, "enabled");
+        assert_eq!(enabled.select(&all, "src"), strings(&["a"]));
+    }
+
+    #[test]
+    fn with_opt_in_only_namespaces_accepting_the_source_are_targets() {
+        let cluster = Cluster::new(&["a", "b", "c", "d", "e"])
+            .annotate("a", ANNOTATION_ACCEPT_FROM, "platform/tls")
+            .annotate("b", ANNOTATION_ACCEPT_FROM, "other/x, platform/*")
+            .annotate("c", ANNOTATION_ACCEPT_FROM, "platform/tls-old")
+            .annotate("d", "unrelated", "platform/tls");
+        let rule = TargetRule {
+            match_all: true,
+            opt_in_for: Some("platform/tls".into()),
+            ..Default::default()
+        };
+        assert_eq!(cluster.select(&rule, "platform"), strings(&["a", "b"]));
+        let without = TargetRule {
+            match_all: true,
+            ..Default::default()
+        };
+        assert_eq!(cluster.select(&without, "platform").len(), 5);
     }
 }

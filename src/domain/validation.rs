@@ -3,13 +3,15 @@
 //! Every problem is collected, not only the first, so a denial or an `Invalid`
 //! condition tells the user everything to fix in one go.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kube::core::GroupVersionKind;
 
+use super::copy::{CopySettings, KeyFilter};
 use super::duration::parse_go_duration;
-use super::names::{dns_label_problem, dns_subdomain_problem, namespace_pattern_problem};
+use super::names::{
+    data_key_pattern_problem, dns_label_problem, dns_subdomain_problem, namespace_pattern_problem,
+};
 use super::selector::{label_key_problem, label_value_problem, selector_problems};
 use super::targets::TargetRule;
 use crate::api::{EffectivePolicy, REPLIKA_KEY_PREFIX, ReplikaSpec};
@@ -81,9 +83,25 @@ pub struct ReplikaPlan {
     pub resync: Duration,
     pub source: SourceRef,
     pub targets: TargetRule,
-    pub extra_labels: BTreeMap<String, String>,
-    pub extra_annotations: BTreeMap<String, String>,
+    pub copy: CopySettings,
     pub policy: EffectivePolicy,
+}
+
+impl ReplikaPlan {
+    /// Whether the copies of both plans are the same objects where both target
+    /// a namespace: same kind, same name.
+    pub fn writes_same_objects(&self, other: &ReplikaPlan) -> bool {
+        self.source.gvk == other.source.gvk && self.copy.name == other.copy.name
+    }
+
+    /// A warning when namespace labels alone decide where a Secret goes: whoever
+    /// may label a namespace can then pull a copy into it (docs/consent.md).
+    pub fn consent_warning(&self) -> Option<String> {
+        let secret = self.source.gvk.group.is_empty() && self.source.gvk.kind == "Secret";
+        (secret && self.targets.selector.is_some() && self.targets.opt_in_for.is_none()).then(|| {
+            "spec.target.namespaces.selector: this Secret goes wherever a namespace gets matching labels, so whoever may label a namespace can pull a copy into it; set spec.target.namespaces.requireOptIn: true so that only namespaces accepting this source get it (docs/consent.md)".to_string()
+        })
+    }
 }
 
 /// The source object a Replika copies.
@@ -220,29 +238,85 @@ pub fn validate(spec: &ReplikaSpec, replika_namespace: &str) -> Result<ReplikaPl
             ));
         }
     }
+    if let Some(name) = &spec.target.name
+        && let Some(p) = dns_subdomain_problem(name)
+    {
+        problems.push(format!("spec.target.name: {name:?} {p}"));
+    }
+    let keys = key_filter(spec, &mut problems);
 
     match (resync, source) {
         (Some(resync), Some(source)) if problems.is_empty() => Ok(ReplikaPlan {
             resync,
-            source,
             targets: TargetRule {
                 match_all: namespaces.match_all,
                 replicate_in,
                 exclude_from,
                 selector: namespaces.selector,
+                opt_in_for: (namespaces.require_opt_in == Some(true))
+                    .then(|| format!("{}/{}", source.namespace, source.name)),
             },
-            extra_labels,
-            extra_annotations,
+            copy: CopySettings {
+                name: spec
+                    .target
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| source.name.clone()),
+                labels: extra_labels,
+                annotations: extra_annotations,
+                keys,
+            },
+            source,
             policy: spec.effective_policy(),
         }),
         _ => Err(problems),
     }
 }
 
+/// The kinds whose data `spec.target.data` filters, as (group, kind).
+const KEYED_KINDS: [(&str, &str); 2] = [("", "Secret"), ("", "ConfigMap")];
+
+/// `spec.target.data` as a filter, with a problem for each malformed pattern
+/// and for a filter on a kind without keyed data.
+fn key_filter(spec: &ReplikaSpec, problems: &mut Vec<String>) -> KeyFilter {
+    let Some(data) = &spec.target.data else {
+        return KeyFilter::default();
+    };
+    if let Some(source) = &spec.source
+        && !KEYED_KINDS.contains(&(source.group.as_str(), source.kind.as_str()))
+    {
+        problems.push(format!(
+            "spec.target.data: key filters apply to Secrets and ConfigMaps only, not to {}",
+            source.kind
+        ));
+    }
+    if data.include.as_ref().is_some_and(Vec::is_empty) {
+        problems.push(
+            "spec.target.data.include: must name at least one key (omit it to copy every key)"
+                .into(),
+        );
+    }
+    let lists = [("include", &data.include), ("exclude", &data.exclude)];
+    for (field, patterns) in lists {
+        for (i, pattern) in patterns.iter().flatten().enumerate() {
+            if let Some(p) = data_key_pattern_problem(pattern) {
+                problems.push(format!("spec.target.data.{field}[{i}]: {pattern:?} {p}"));
+            }
+        }
+    }
+    KeyFilter {
+        include: data.include.clone(),
+        exclude: data.exclude.clone().unwrap_or_default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{SourceSpec, SynchronizationSpec, TargetNamespacesSpec, TargetSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use crate::api::{
+        SourceSpec, SynchronizationSpec, TargetDataSpec, TargetNamespacesSpec, TargetSpec,
+    };
 
     fn spec(time: &str, kind: &str, replicate_in: &[&str]) -> ReplikaSpec {
         ReplikaSpec {
@@ -259,7 +333,7 @@ mod tests {
                     replicate_in: Some(replicate_in.iter().map(|s| s.to_string()).collect()),
                     ..Default::default()
                 }),
-                metadata: None,
+                ..Default::default()
             },
             policy: None,
         }
@@ -273,6 +347,81 @@ mod tests {
         assert_eq!(plan.source.gvk, GroupVersionKind::gvk("", "v1", "Secret"));
         assert_eq!(plan.targets.replicate_in, vec!["team-*".to_string()]);
         assert_eq!(plan.policy, ReplikaSpec::default().effective_policy());
+        assert_eq!(plan.copy.name, "registry-creds", "copies take the source's name");
+        assert_eq!(plan.targets.opt_in_for, None);
+    }
+
+    #[test]
+    fn target_name_opt_in_and_key_filters_reach_the_plan() {
+        let mut spec = spec("20s", "Secret", &["team-*"]);
+        spec.target.name = Some("pull-secret".into());
+        spec.target.data = Some(TargetDataSpec {
+            include: Some(vec!["tls.*".into()]),
+            exclude: None,
+        });
+        if let Some(namespaces) = spec.target.namespaces.as_mut() {
+            namespaces.require_opt_in = Some(true);
+        }
+        let plan = validate(&spec, "platform").expect("valid");
+        assert_eq!(plan.copy.name, "pull-secret");
+        assert!(plan.copy.keys.keeps("tls.crt") && !plan.copy.keys.keeps("ca.crt"));
+        assert_eq!(
+            plan.targets.opt_in_for.as_deref(),
+            Some("platform/registry-creds")
+        );
+    }
+
+    #[test]
+    fn a_secret_chosen_by_labels_without_opt_in_is_warned_about() {
+        let mut by_label = spec("20s", "Secret", &[]);
+        let selector = LabelSelector {
+            match_labels: Some([("tier".to_string(), "apps".to_string())].into()),
+            ..Default::default()
+        };
+        by_label.target.namespaces = Some(TargetNamespacesSpec {
+            selector: Some(selector),
+            ..Default::default()
+        });
+        let warned = |spec: &ReplikaSpec| {
+            validate(spec, "platform")
+                .expect("valid")
+                .consent_warning()
+                .is_some()
+        };
+        assert!(warned(&by_label));
+        if let Some(namespaces) = by_label.target.namespaces.as_mut() {
+            namespaces.require_opt_in = Some(true);
+        }
+        assert!(!warned(&by_label), "opt-in closes it");
+        let mut config_map = by_label.clone();
+        if let Some(namespaces) = config_map.target.namespaces.as_mut() {
+            namespaces.require_opt_in = None;
+        }
+        if let Some(source) = config_map.source.as_mut() {
+            source.kind = "ConfigMap".into();
+        }
+        assert!(!warned(&config_map), "only Secrets");
+        assert!(!warned(&spec("20s", "Secret", &["team-a"])), "named namespaces");
+    }
+
+    #[test]
+    fn bad_target_names_and_key_filters_are_named() {
+        let mut spec = spec("20s", "AlertmanagerConfig", &["team-*"]);
+        spec.target.name = Some("Not_A_Name".into());
+        spec.target.data = Some(TargetDataSpec {
+            include: Some(vec![]),
+            exclude: Some(vec!["ok".into(), "a/b".into()]),
+        });
+        let problems = validate(&spec, "platform").expect_err("invalid");
+        let all = problems.join("\n");
+        assert!(all.contains("spec.target.name: \"Not_A_Name\""), "{all}");
+        assert!(
+            all.contains("key filters apply to Secrets and ConfigMaps only, not to AlertmanagerConfig"),
+            "{all}"
+        );
+        assert!(all.contains("spec.target.data.include: must name at least one key"), "{all}");
+        assert!(all.contains("spec.target.data.exclude[1]: \"a/b\""), "{all}");
+        assert_eq!(problems.len(), 4, "{all}");
     }
 
     #[test]

@@ -103,6 +103,7 @@ pub async fn validate_request<C: ClusterView>(
         Err(error) => problems.push(format!("could not look up spec.source.kind: {error}")),
     }
     warnings.extend(overlaps(&replika, &plan, &cluster.replikas()));
+    warnings.extend(plan.consent_warning());
     if replika.annotations().contains_key(ANNOTATION_ATTEST) {
         // The mutating webhook answers every request it sees and removes this.
         problems.push(format!(
@@ -370,15 +371,12 @@ fn overlaps(replika: &Replika, plan: &ReplikaPlan, others: &[Replika]) -> Vec<St
         .filter_map(|other| {
             let namespace = other.metadata.namespace.as_deref().unwrap_or_default();
             let theirs = validate(&other.spec, namespace).ok()?;
-            (theirs.source.gvk == plan.source.gvk
-                && theirs.source.name == plan.source.name
-                && may_overlap(&other.spec, &replika.spec))
-            .then(|| {
+            (theirs.writes_same_objects(plan) && may_overlap(&other.spec, &replika.spec)).then(|| {
                 format!(
                     "Replika {namespace}/{} also writes {} {:?}; where both target a namespace, the first owner keeps the copy and the other reports a Conflict",
                     other.metadata.name.as_deref().unwrap_or_default(),
                     plan.source.gvk.kind,
-                    plan.source.name
+                    plan.copy.name
                 )
             })
         })

@@ -22,10 +22,10 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::model::FIELD_MANAGER;
+
 /// Prefix of the FlowSchemas' names, and so of the metric's `flow_schema` label.
 const SCHEMA_PREFIX: &str = "replika-bench-";
-/// Field manager of the FlowSchemas.
-const MANAGER: &str = "replika-bench";
 /// Priority level the built-in `service-accounts` FlowSchema uses.
 const PRIORITY_LEVEL: &str = "workload-low";
 /// Below every built-in FlowSchema that could match a ServiceAccount (the
@@ -90,7 +90,7 @@ const CLASSES: &[Class] = &[
 /// `namespace/name`, replacing earlier ones.
 pub async fn install(admin: &Client, namespace: &str, name: &str) -> Result<()> {
     let api = Api::<FlowSchema>::all(admin.clone());
-    let params = PatchParams::apply(MANAGER).force();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
     for (index, class) in CLASSES.iter().enumerate() {
         let schema = flow_schema(class, FIRST_PRECEDENCE + index, namespace, name);
         let schema_name = format!("{SCHEMA_PREFIX}{}", class.name);
@@ -186,7 +186,7 @@ impl RequestCounts {
     }
 
     /// Requests that read or change state: all but lease renewals and watches
-    /// (re-)established, which SPEC §6 excludes from the idle target.
+    /// (re-)established, which the idle target leaves out (docs/benchmarks.md).
     pub fn state_requests(&self) -> u64 {
         self.total() - self.of(LEASE) - self.of(WATCH)
     }

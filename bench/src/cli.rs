@@ -7,7 +7,7 @@ use clap::Parser;
 use crate::operator::DEFAULT_COMMAND;
 
 /// Measures an operator serving `replika.prosimcorp.com/v1beta1` against the
-/// targets of SPEC §6, beside a bare client applying the same objects.
+/// targets of docs/benchmarks.md, beside a bare client applying the same objects.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "bench", version)]
 pub struct Args {

@@ -16,6 +16,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use testenv::ControlPlane;
 
+use crate::model::FIELD_MANAGER;
+
 /// Namespace of the operator's ServiceAccount (from `deploy/base`).
 pub const OPERATOR_NAMESPACE: &str = "replika";
 /// The operator's ServiceAccount (from `deploy/base`).
@@ -24,8 +26,6 @@ pub const OPERATOR_ACCOUNT: &str = "replika-controller-manager";
 const OPERATOR_ROLE: &str = "replika-manager";
 /// The floor client's ServiceAccount, in [`OPERATOR_NAMESPACE`].
 const FLOOR_ACCOUNT: &str = "replika-bench-floor";
-/// Field manager of what the benchmark applies.
-const MANAGER: &str = "replika-bench";
 /// The Kustomize base with the CRD and the RBAC.
 const DEPLOY_BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base");
 /// testenv's variable naming a running plane to use instead of a new one.
@@ -111,7 +111,7 @@ async fn bind_floor(admin: &Client) -> Result<()> {
     Api::<ClusterRoleBinding>::all(admin.clone())
         .patch(
             FLOOR_ACCOUNT,
-            &PatchParams::apply(MANAGER).force(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&binding),
         )
         .await

@@ -1,5 +1,5 @@
-//! `bench`: runs the scenarios of SPEC §6 against an operator, prints the
-//! table and writes the JSON. See `docs/benchmarks.md`.
+//! `bench`: runs the scenarios of docs/benchmarks.md against an operator,
+//! prints the table and writes the JSON.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,12 +7,13 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use bench::cli::Args;
 use bench::cluster::{self, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE};
+use bench::figures::{Machine, Memory, Results, Settings};
 use bench::observer::Observer;
-use bench::operator::{Endpoints, Memory};
-use bench::report::{self, Machine, Results, Settings};
-use bench::scenarios::{self, Bench, Options};
+use bench::operator::Endpoints;
+use bench::report;
+use bench::scenarios::{Bench, Options};
 use bench::workload::Workload;
-use bench::{accounting, webhook};
+use bench::{accounting, setup, webhook};
 use clap::Parser;
 use k8s_openapi::jiff::Timestamp;
 use testenv::ControlPlane;
@@ -56,10 +57,10 @@ async fn measure(args: &Args, plane: &'static ControlPlane) -> Result<Results> {
         unrelated_secrets: args.unrelated_secrets,
         new_namespaces: args.new_namespaces,
         sync_time: args.sync_time.clone(),
-        preexisting: scenarios::preexisting_namespaces(&cluster.admin).await?,
+        preexisting: setup::preexisting_namespaces(&cluster.admin).await?,
     };
     let observer = Observer::start(cluster.admin.clone()).await?;
-    scenarios::build(&cluster.admin, &workload, args.parallelism).await?;
+    setup::build(&cluster.admin, &workload, args.parallelism).await?;
 
     let options = options(args)?;
     webhook::write_certificates(&options.endpoints.tls_dir)?;

@@ -22,31 +22,13 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::model::{Kind, NAMESPACE_PREFIX, ObjectKey, REVISION_KEY};
 use crate::progress::Progress;
-use crate::workload::{Kind, NAMESPACE_PREFIX, REVISION_KEY};
 
 /// How long the first list of each kind may take.
 const FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a wait updates its progress line.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
-
-/// One object, by kind, namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectKey {
-    pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl ObjectKey {
-    pub fn new(kind: Kind, namespace: &str, name: &str) -> ObjectKey {
-        ObjectKey {
-            kind,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        }
-    }
-}
 
 /// What a wait waits for.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,8 +15,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::figures::Memory;
 
 /// The operator built in release mode from this workspace, with leader
 /// election on as in `deploy/operator`.
@@ -67,15 +68,6 @@ pub struct Operator {
     log: PathBuf,
     metrics: SocketAddr,
     watchdog: Child,
-}
-
-/// Resident memory of the operator, in MiB.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct Memory {
-    /// `VmRSS`: resident now.
-    pub rss_mib: f64,
-    /// `VmHWM`: the highest resident size since the process started.
-    pub peak_mib: f64,
 }
 
 impl Operator {

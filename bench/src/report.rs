@@ -1,5 +1,6 @@
-//! The results of a run: one table on the terminal with each figure beside its
-//! SPEC §6 target, and the same (with every raw figure) as JSON.
+//! How a run is shown: one table on the terminal with each figure beside its
+//! target (docs/benchmarks.md), the per-phase lines, and the same (with every
+//! raw figure) as JSON.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -7,115 +8,18 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::accounting::{LEASE, RequestCounts, WATCH};
-use crate::operator::Memory;
+use crate::accounting::{LEASE, WATCH};
+use crate::figures::{Propagation, Results, WebhookFigures};
 use crate::stats::Summary;
-use crate::webhook::WebhookFigures;
 
-/// Propagation may take at most this many times the floor (SPEC §6).
+/// Propagation may take at most this many times the floor (docs/benchmarks.md).
 pub const FLOOR_RATIO_TARGET: f64 = 1.25;
-/// Namespace created → its copy exists, p99 (SPEC §6).
+/// Namespace created → its copy exists, p99 (docs/benchmarks.md).
 pub const NEW_NAMESPACE_P99_TARGET_MS: f64 = 500.0;
-/// Operator resident memory (SPEC §6).
+/// Operator resident memory (docs/benchmarks.md).
 pub const MEMORY_TARGET_MIB: f64 = 64.0;
-/// Webhook admission latency added through the API server, p99 (SPEC §6).
+/// Webhook admission latency added through the API server, p99 (docs/benchmarks.md).
 pub const WEBHOOK_P99_TARGET_MS: f64 = 10.0;
-
-/// What the run was asked to do.
-#[derive(Clone, Debug, Serialize)]
-pub struct Settings {
-    pub scale: usize,
-    pub replikas: usize,
-    pub unrelated_secrets: usize,
-    pub new_namespaces: usize,
-    pub idle_window_s: u64,
-    pub parallelism: usize,
-    pub sync_time: String,
-    pub admission_requests: usize,
-    pub operator_cmd: String,
-}
-
-/// The machine the run was taken on.
-#[derive(Clone, Debug, Serialize)]
-pub struct Machine {
-    pub cpus: usize,
-    pub memory_gib: f64,
-    pub cpu_model: String,
-    pub kernel: String,
-}
-
-impl Machine {
-    /// Reads the machine's description from `/proc`.
-    pub fn this() -> Machine {
-        let read = |path| std::fs::read_to_string(path).unwrap_or_default();
-        let memory_kib: f64 = read("/proc/meminfo")
-            .lines()
-            .find_map(|line| line.strip_prefix("MemTotal:"))
-            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-            .unwrap_or_default();
-        Machine {
-            cpus: std::thread::available_parallelism().map_or(0, usize::from),
-            memory_gib: (memory_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
-            cpu_model: read("/proc/cpuinfo")
-                .lines()
-                .find_map(|line| line.strip_prefix("model name"))
-                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
-                .unwrap_or_default(),
-            kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
-        }
-    }
-}
-
-/// How long N objects took to arrive, from the moment the change was made.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct Propagation {
-    /// Per object (copy, or floor object): change made → seen by the watch.
-    pub per_object: Summary,
-    /// Change made → the last object seen.
-    pub total_ms: f64,
-    /// For the floor: change made → every write answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub responses_ms: Option<f64>,
-}
-
-/// Requests the operator sent while nothing changed.
-#[derive(Clone, Debug, Serialize)]
-pub struct Idle {
-    pub window_s: u64,
-    /// All requests but lease renewals and watches: the figure with a target.
-    pub state_requests: u64,
-    pub by_class: RequestCounts,
-}
-
-/// The operator's state after one phase of the run.
-#[derive(Clone, Debug, Serialize)]
-pub struct Phase {
-    pub name: String,
-    pub seconds: f64,
-    pub memory: Memory,
-    /// Requests the operator sent during the phase.
-    pub requests: RequestCounts,
-}
-
-/// Everything a run measured.
-#[derive(Clone, Debug, Serialize)]
-pub struct Results {
-    pub started_at: String,
-    pub settings: Settings,
-    pub machine: Machine,
-    pub floor_create: Propagation,
-    pub floor_update: Propagation,
-    pub replika_created: Propagation,
-    pub source_updated: Propagation,
-    pub namespace_created: Summary,
-    pub idle: Idle,
-    /// `rss_mib` after the idle window (steady) and `peak_mib` over the whole
-    /// run, the admission scenario included.
-    pub memory: Memory,
-    pub phases: Vec<Phase>,
-    /// `None` when the operator serves no webhook.
-    pub webhook: Option<WebhookFigures>,
-}
 
 /// How a figure compares with its target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -164,7 +68,7 @@ impl Row {
     }
 }
 
-/// The table's rows, in SPEC §6 order.
+/// The table's rows, in the order of docs/benchmarks.md.
 pub fn rows(results: &Results) -> Vec<Row> {
     let n = results.settings.scale;
     let mut rows = floor_rows(results, n);

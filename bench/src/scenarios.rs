@@ -1,10 +1,13 @@
-//! The scenarios of SPEC §6, run in order against one operator process:
+//! The scenarios of docs/benchmarks.md, run in order against one operator
+//! process:
 //!
-//! 1. [`build`]: the target namespaces, the unrelated Secrets, the sources;
+//! 1. [`crate::setup::build`]: the target namespaces, the unrelated Secrets,
+//!    the sources;
 //! 2. [`Bench::start`]: the operator, its admission webhooks registered if it
 //!    serves them, and a warm-up Replika whose copy shows that its caches are
 //!    filled;
-//! 3. floor create, then Replika created (one Replika, one copy per namespace);
+//! 3. floor create ([`crate::floor`]), then Replika created (one Replika, one
+//!    copy per namespace);
 //! 4. floor update, then source updated;
 //! 5. the other Replikas, so that all are present;
 //! 6. namespaces created one at a time, each getting a copy of every source;
@@ -13,7 +16,7 @@
 //!
 //! Each floor run comes right before the operator run it is compared with, so
 //! both meet the same API server; the floor's objects are deleted after its
-//! update run, so the later steps see only what SPEC §6 describes. After each
+//! update run, so the later steps see only what docs/benchmarks.md describes. After each
 //! step the benchmark waits until no ConfigMap or Secret has changed for a few
 //! seconds, so the step's follow-up work (a second pass over the copies) is
 //! counted in its phase, not in the next step.
@@ -22,26 +25,25 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, ensure};
-use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::accounting::{self, RequestCounts};
 use crate::cluster::{self, Cluster};
-use crate::observer::{Expectation, ObjectKey, Observer};
-use crate::operator::{Endpoints, Memory, Operator};
-use crate::progress::Progress;
-use crate::report::{Idle, Phase, Propagation};
-use crate::stats::{Summary, millis};
-use crate::webhook::{self, WebhookFigures};
-use crate::workload::{
-    self, FLOOR_NAME, Kind, NAMESPACE_PREFIX, REVISION_KEY, SOURCE_NAMESPACE, WARMUP_NAME,
-    WARMUP_NAMESPACE, Workload, keys, replika_resource, run_parallel, source_name,
+use crate::figures::{Idle, Memory, Phase, Propagation, WebhookFigures};
+use crate::floor::{self, FloorWrite};
+use crate::model::{
+    FIRST_REVISION, FLOOR_NAME, Kind, NAMESPACE_PREFIX, ObjectKey, REVISION_KEY, SECOND_REVISION,
+    SOURCE_NAMESPACE, WARMUP_NAME, WARMUP_NAMESPACE, keys, replikas, source_name,
 };
+use crate::observer::{Expectation, Observer};
+use crate::operator::{Endpoints, Operator};
+use crate::progress::Progress;
+use crate::stats::{Summary, millis};
+use crate::webhook;
+use crate::workload::{self, Workload};
 
 /// How long no watched object may change before a step starts.
 const SETTLE_QUIET: Duration = Duration::from_secs(2);
@@ -50,11 +52,6 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Quiet between two namespaces of the namespace scenario.
 const NAMESPACE_GAP_QUIET: Duration = Duration::from_millis(250);
 const NAMESPACE_GAP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Field manager of the floor client's writes.
-const FLOOR_MANAGER: &str = "replika-bench-floor";
-/// Revisions of the sources and floor objects: as created, and as updated.
-const FIRST_REVISION: &str = "1";
-const SECOND_REVISION: &str = "2";
 
 /// How the operator is run and how long anything may take.
 #[derive(Clone, Debug)]
@@ -66,80 +63,6 @@ pub struct Options {
     pub parallelism: usize,
     /// Longest wait for one step.
     pub timeout: Duration,
-}
-
-/// Namespaces that exist before the benchmark creates any; fails if a
-/// previous run's namespaces are still there.
-pub async fn preexisting_namespaces(admin: &Client) -> Result<Vec<String>> {
-    let names: Vec<String> = Api::<Namespace>::all(admin.clone())
-        .list(&ListParams::default())
-        .await
-        .context("cannot list namespaces")?
-        .into_iter()
-        .map(|namespace| namespace.name_any())
-        .collect();
-    ensure!(
-        !names.iter().any(|name| name.starts_with(NAMESPACE_PREFIX)),
-        "namespaces named {NAMESPACE_PREFIX}* exist already: wait until a previous run's are deleted"
-    );
-    Ok(names)
-}
-
-/// Creates the namespaces, the unrelated Secrets and the sources.
-pub async fn build(admin: &Client, workload: &Workload, parallelism: usize) -> Result<()> {
-    let mut namespaces = workload.target_namespaces();
-    namespaces.extend([SOURCE_NAMESPACE.to_owned(), WARMUP_NAMESPACE.to_owned()]);
-    run_parallel("namespaces", namespaces, parallelism, |name| {
-        create(Api::all(admin.clone()), workload::namespace(&name))
-    })
-    .await?;
-
-    let targets = workload.target_namespaces();
-    let secrets: Vec<usize> = (0..workload.unrelated_secrets).collect();
-    run_parallel("unrelated Secrets", secrets, parallelism, |index| {
-        let namespace = &targets[index % targets.len()];
-        let api = Api::<Secret>::namespaced(admin.clone(), namespace);
-        create(api, workload::unrelated_secret(index, namespace))
-    })
-    .await?;
-
-    let configmaps = Api::<ConfigMap>::namespaced(admin.clone(), SOURCE_NAMESPACE);
-    create(
-        configmaps.clone(),
-        workload::config_map_source(WARMUP_NAME, FIRST_REVISION),
-    )
-    .await?;
-    let sources: Vec<usize> = (0..workload.replikas).collect();
-    run_parallel("sources", sources, parallelism, |index| {
-        let name = source_name(index);
-        let configmaps = configmaps.clone();
-        let secrets = Api::<Secret>::namespaced(admin.clone(), SOURCE_NAMESPACE);
-        async move {
-            match Kind::of_source(index) {
-                Kind::ConfigMap => {
-                    create(
-                        configmaps,
-                        workload::config_map_source(&name, FIRST_REVISION),
-                    )
-                    .await
-                }
-                Kind::Secret => {
-                    create(secrets, workload::secret_source(&name, FIRST_REVISION)).await
-                }
-            }
-        }
-    })
-    .await
-}
-
-async fn create<K>(api: Api<K>, object: K) -> Result<()>
-where
-    K: Resource + Clone + std::fmt::Debug + Serialize + DeserializeOwned,
-{
-    api.create(&PostParams::default(), &object)
-        .await
-        .with_context(|| format!("cannot create {}", object.name_any()))?;
-    Ok(())
 }
 
 /// The running operator and what the run has recorded so far.
@@ -186,7 +109,7 @@ impl Bench {
             phase_counts,
         };
         if webhook_served {
-            webhook::register(&bench).await?;
+            webhook::register(&bench.cluster, &bench.options.endpoints, &bench.workload).await?;
         }
         bench.warm_up().await?;
         Ok(bench)
@@ -220,18 +143,10 @@ impl Bench {
     /// objects; then it deletes them.
     pub async fn floor_update(&mut self) -> Result<Propagation> {
         let propagation = self.floor(FloorWrite::Apply, "floor update").await?;
-        let client = &self.cluster.floor;
-        run_parallel(
-            "floor objects deleted",
+        floor::delete_floor(
+            &self.cluster.floor,
             self.workload.target_namespaces(),
             self.options.parallelism,
-            |namespace| async move {
-                Api::<ConfigMap>::namespaced(client.clone(), &namespace)
-                    .delete(FLOOR_NAME, &DeleteParams::default())
-                    .await
-                    .with_context(|| format!("cannot delete {namespace}/{FLOOR_NAME}"))?;
-                Ok(())
-            },
         )
         .await?;
         self.end_phase("floor objects deleted").await?;
@@ -249,7 +164,7 @@ impl Bench {
         };
         let mut progress = Progress::new(phase, namespaces.len());
         let started = Instant::now();
-        let writes = write_floor(
+        let writes = floor::write_floor(
             &self.cluster.floor,
             &namespaces,
             write,
@@ -263,7 +178,7 @@ impl Bench {
         );
         let (responses, arrived) = tokio::try_join!(writes, waited)?;
         progress.finish();
-        let mut propagation = propagation(started, arrived.into_values());
+        let mut propagation = Propagation::since(started, arrived.into_values());
         propagation.responses_ms = Some(millis(responses));
         self.end_phase(phase).await?;
         Ok(propagation)
@@ -283,7 +198,7 @@ impl Bench {
             .await?;
         progress.finish();
         self.end_phase("Replika created").await?;
-        Ok(propagation(started, arrived.into_values()))
+        Ok(Propagation::since(started, arrived.into_values()))
     }
 
     /// Source updated → every copy holds the new revision.
@@ -310,7 +225,7 @@ impl Bench {
             .await?;
         progress.finish();
         self.end_phase("source updated").await?;
-        Ok(propagation(started, arrived.into_values()))
+        Ok(Propagation::since(started, arrived.into_values()))
     }
 
     /// Creates every other Replika and waits for all their copies.
@@ -391,21 +306,24 @@ impl Bench {
         self.operator.memory()
     }
 
-    /// The admission scenario, with `requests` requests of each kind.
+    /// The admission scenario, with `requests` requests of each kind; `None`
+    /// if the operator serves no webhook.
     pub async fn admission(&mut self, requests: usize) -> Result<Option<WebhookFigures>> {
-        let figures = webhook::measure(self, requests).await?;
+        let figures = if self.webhook_served {
+            Some(
+                webhook::measure(
+                    &self.cluster,
+                    &self.options.endpoints,
+                    &self.workload,
+                    requests,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         self.end_phase("admission").await?;
         Ok(figures)
-    }
-
-    /// Whether the operator serves admission webhooks (then registered).
-    pub fn webhook_served(&self) -> bool {
-        self.webhook_served
-    }
-
-    /// Where the operator was asked to serve its webhook and metrics.
-    pub fn endpoints(&self) -> &Endpoints {
-        &self.options.endpoints
     }
 
     /// The operator's own `/metrics`, if it serves them.
@@ -443,7 +361,7 @@ impl Bench {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         if self.webhook_served {
-            webhook::unregister(self).await?;
+            webhook::unregister(&self.cluster, &self.workload).await?;
         }
         let admin = &self.cluster.admin;
         let namespaces = Api::<Namespace>::all(admin.clone());
@@ -458,11 +376,7 @@ impl Bench {
     }
 
     fn replikas(&self) -> Api<DynamicObject> {
-        Api::namespaced_with(
-            self.cluster.admin.clone(),
-            SOURCE_NAMESPACE,
-            &replika_resource(),
-        )
+        replikas(&self.cluster.admin)
     }
 
     /// Waits for `keys` with the step timeout, failing early if the operator
@@ -509,66 +423,5 @@ impl Bench {
         self.phase_started = Instant::now();
         self.phase_counts = counts;
         Ok(phase)
-    }
-}
-
-/// How the floor client writes its objects: as the operator writes copies.
-#[derive(Clone, Copy, Debug)]
-enum FloorWrite {
-    /// A POST, as for a new copy.
-    Create,
-    /// A forced server-side apply, as for a changed copy.
-    Apply,
-}
-
-/// Writes the floor object into every namespace, `parallelism` at a time;
-/// returns how long until every write was answered.
-async fn write_floor(
-    client: &Client,
-    namespaces: &[String],
-    write: FloorWrite,
-    revision: &str,
-    parallelism: usize,
-) -> Result<Duration> {
-    let started = Instant::now();
-    stream::iter(namespaces)
-        .map(|namespace| {
-            let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-            let object = workload::floor_object(namespace, revision);
-            async move {
-                match write {
-                    FloorWrite::Create => {
-                        let params = PostParams {
-                            field_manager: Some(FLOOR_MANAGER.into()),
-                            ..PostParams::default()
-                        };
-                        api.create(&params, &object).await.map(drop)
-                    }
-                    FloorWrite::Apply => {
-                        let params = PatchParams::apply(FLOOR_MANAGER).force();
-                        api.patch(FLOOR_NAME, &params, &Patch::Apply(&object))
-                            .await
-                            .map(drop)
-                    }
-                }
-            }
-        })
-        .buffer_unordered(parallelism.max(1))
-        .try_collect::<()>()
-        .await
-        .context("the floor client's write failed")?;
-    Ok(started.elapsed())
-}
-
-/// Latencies from `started` to each arrival.
-fn propagation(started: Instant, arrivals: impl Iterator<Item = Instant>) -> Propagation {
-    let latencies: Vec<Duration> = arrivals
-        .map(|at| at.saturating_duration_since(started))
-        .collect();
-    let per_object = Summary::of(&latencies);
-    Propagation {
-        per_object,
-        total_ms: per_object.max_ms,
-        responses_ms: None,
     }
 }

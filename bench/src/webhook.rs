@@ -1,7 +1,7 @@
 //! The operator's admission webhooks: registered with the API server for the
 //! whole run when the operator serves them (Replika signs the author of every
 //! Replika it admits and replicates no other), and the admission scenario of
-//! SPEC §6 at the end of the run:
+//! docs/benchmarks.md at the end of the run:
 //!
 //! - Added latency: [`CONCURRENCY`] clients apply Replikas through the API
 //!   server (server-side apply with dry run, so admission runs in full but
@@ -22,19 +22,19 @@ use anyhow::{Context as _, Result, anyhow, ensure};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::ByteString;
 use kube::Client;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use serde::Serialize;
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::accounting;
-use crate::cluster::kubectl;
+use crate::cluster::{Cluster, kubectl};
+use crate::figures::WebhookFigures;
+use crate::model::{FIELD_MANAGER, SOURCE_NAMESPACE, replikas};
 use crate::operator::Endpoints;
 use crate::progress::Progress;
-use crate::scenarios::Bench;
 use crate::stats::Summary;
-use crate::workload::{SOURCE_NAMESPACE, Workload, replika_resource};
+use crate::workload::Workload;
 
-/// Requests in flight at once, through the API server and directly (SPEC §6).
+/// Requests in flight at once, through the API server and directly.
 pub const CONCURRENCY: usize = 50;
 /// Name of the webhook configurations the scenario registers.
 const CONFIGURATION: &str = "replika-bench";
@@ -58,25 +58,8 @@ const REGISTRATION_POLL: Duration = Duration::from_millis(200);
 const SERVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between two tries to reach the webhook.
 const SERVE_POLL: Duration = Duration::from_millis(100);
-/// Field manager of the dry-run applies.
-const MANAGER: &str = "replika-bench";
 /// Validity of the webhook's certificates: far longer than any run.
 const CERTIFICATE_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// What the admission scenario measured.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct WebhookFigures {
-    /// Applies through the API server with no webhook registered.
-    pub without_webhook: Summary,
-    /// The same applies with the webhooks registered.
-    pub with_webhook: Summary,
-    /// p99 with the webhooks minus p99 without: the figure with a target.
-    pub added_latency_p99_ms: f64,
-    /// AdmissionReviews sent straight to `/validate`.
-    pub direct: Summary,
-    /// AdmissionReviews answered per second when called directly.
-    pub direct_reviews_per_second: f64,
-}
 
 /// Writes a CA (`ca.crt`) and a serving certificate for 127.0.0.1
 /// (`tls.crt`, `tls.key`) into `dir`.
@@ -119,10 +102,9 @@ pub async fn served(endpoints: &Endpoints, workload: &Workload) -> Result<bool> 
     }
 }
 
-/// Registers `webhook-config/local` for the operator's webhook, and waits
-/// until the API server calls both webhooks.
-pub async fn register(bench: &Bench) -> Result<()> {
-    let endpoints = bench.endpoints();
+/// Registers `webhook-config/local` for the operator's webhook at
+/// `endpoints`, and waits until the API server calls both webhooks.
+pub async fn register(cluster: &Cluster, endpoints: &Endpoints, workload: &Workload) -> Result<()> {
     let ca = std::fs::read(endpoints.tls_dir.join("ca.crt")).context("cannot read ca.crt")?;
     let ca_base64 = serde_json::to_value(ByteString(ca))?;
     let template =
@@ -136,14 +118,14 @@ pub async fn register(bench: &Bench) -> Result<()> {
     let path = path
         .to_str()
         .context("the webhook manifest's path is not UTF-8")?;
-    kubectl(bench.cluster.plane, &["apply", "--server-side", "-f", path]).await?;
-    wait_for_calls(bench, true).await
+    kubectl(cluster.plane, &["apply", "--server-side", "-f", path]).await?;
+    wait_for_calls(&cluster.admin, workload, true).await
 }
 
 /// Removes the registration, and waits until the API server stops calling.
-pub async fn unregister(bench: &Bench) -> Result<()> {
+pub async fn unregister(cluster: &Cluster, workload: &Workload) -> Result<()> {
     kubectl(
-        bench.cluster.plane,
+        cluster.plane,
         &[
             "delete",
             "validatingwebhookconfiguration,mutatingwebhookconfiguration",
@@ -152,26 +134,40 @@ pub async fn unregister(bench: &Bench) -> Result<()> {
         ],
     )
     .await?;
-    wait_for_calls(bench, false).await
+    wait_for_calls(&cluster.admin, workload, false).await
 }
 
-/// Runs the scenario with `requests` applies on each side and `requests`
-/// direct reviews; `None` if the operator serves no webhook. Leaves the
+/// Runs the scenario against the webhooks at `endpoints`, registered, with
+/// `requests` applies on each side and `requests` direct reviews. Leaves the
 /// webhooks registered, as they were.
-pub async fn measure(bench: &Bench, requests: usize) -> Result<Option<WebhookFigures>> {
-    if !bench.webhook_served() {
-        return Ok(None);
-    }
+pub async fn measure(
+    cluster: &Cluster,
+    endpoints: &Endpoints,
+    workload: &Workload,
+    requests: usize,
+) -> Result<WebhookFigures> {
     let requests = requests.max(CONCURRENCY);
-    unregister(bench).await?;
-    let without_webhook = applies("applies without the webhook", bench, requests).await;
+    unregister(cluster, workload).await?;
+    let without_webhook = applies(
+        "applies without the webhook",
+        &cluster.admin,
+        workload,
+        requests,
+    )
+    .await;
     // Registered again whatever happened: the engine needs it.
-    register(bench).await?;
+    register(cluster, endpoints, workload).await?;
     let without_webhook = without_webhook?;
-    let with_webhook = applies("applies with the webhook", bench, requests).await?;
+    let with_webhook = applies(
+        "applies with the webhook",
+        &cluster.admin,
+        workload,
+        requests,
+    )
+    .await?;
 
-    let direct = direct_client(bench.endpoints())?;
-    let review = review(&bench.workload)?;
+    let direct = direct_client(endpoints)?;
+    let review = review(workload)?;
     let mut progress = Progress::new("admission: direct reviews", requests);
     let started = Instant::now();
     let latencies = concurrently(requests, &mut progress, |_| async {
@@ -182,7 +178,7 @@ pub async fn measure(bench: &Bench, requests: usize) -> Result<Option<WebhookFig
     .await?;
     let seconds = started.elapsed().as_secs_f64();
     progress.finish();
-    Ok(Some(WebhookFigures {
+    Ok(WebhookFigures {
         // Unclamped: noise can make it negative when the webhook costs little.
         added_latency_p99_ms: ((with_webhook.p99_ms - without_webhook.p99_ms) * 10.0).round()
             / 10.0,
@@ -190,17 +186,22 @@ pub async fn measure(bench: &Bench, requests: usize) -> Result<Option<WebhookFig
         with_webhook,
         direct: Summary::of(&latencies),
         direct_reviews_per_second: (requests as f64 / seconds).round(),
-    }))
+    })
 }
 
 /// `requests` dry-run applies through the API server, after as many
 /// unmeasured ones to open the connections.
-async fn applies(label: &str, bench: &Bench, requests: usize) -> Result<Summary> {
-    let api = replikas(&bench.cluster.admin);
-    let params = PatchParams::apply(MANAGER).force().dry_run();
+async fn applies(
+    label: &str,
+    admin: &Client,
+    workload: &Workload,
+    requests: usize,
+) -> Result<Summary> {
+    let api = replikas(admin);
+    let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
     let apply = |index: usize| {
         let name = format!("bench-admission-{:02}", index % CONCURRENCY);
-        let object = bench.workload.admission_replika(&name);
+        let object = workload.admission_replika(&name);
         let (api, params) = (&api, &params);
         async move {
             api.patch(&name, params, &Patch::Apply(&object))
@@ -243,15 +244,15 @@ where
 
 /// Applies one Replika at a time (with dry run) until the API server calls
 /// both webhooks (`called`), or until an apply calls neither (`!called`).
-async fn wait_for_calls(bench: &Bench, called: bool) -> Result<()> {
+async fn wait_for_calls(admin: &Client, workload: &Workload, called: bool) -> Result<()> {
     let calls = || async {
-        let text = accounting::apiserver_metrics(&bench.cluster.admin).await?;
+        let text = accounting::apiserver_metrics(admin).await?;
         let calls = accounting::sum_by_label(&text, CALLS_METRIC, "name");
         anyhow::Ok(WEBHOOKS.map(|name| calls.get(name).copied().unwrap_or_default()))
     };
-    let api = replikas(&bench.cluster.admin);
-    let params = PatchParams::apply(MANAGER).force().dry_run();
-    let probe = bench.workload.admission_replika("bench-admission-probe");
+    let api = replikas(admin);
+    let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+    let probe = workload.admission_replika("bench-admission-probe");
     let deadline = Instant::now() + REGISTRATION_TIMEOUT;
     loop {
         let before = calls().await?;
@@ -280,10 +281,6 @@ async fn wait_for_calls(bench: &Bench, called: bool) -> Result<()> {
         );
         tokio::time::sleep(REGISTRATION_POLL).await;
     }
-}
-
-fn replikas(admin: &Client) -> Api<DynamicObject> {
-    Api::namespaced_with(admin.clone(), SOURCE_NAMESPACE, &replika_resource())
 }
 
 /// A client for the webhook itself, trusting the benchmark's CA.

@@ -18,25 +18,14 @@ use anyhow::Result;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta};
-use serde::Serialize;
+use kube::api::{DynamicObject, ObjectMeta};
 use serde_json::{Value, json};
 
-use crate::observer::ObjectKey;
+use crate::model::{
+    FLOOR_NAME, Kind, NAMESPACE_PREFIX, ObjectKey, REVISION_KEY, SOURCE_NAMESPACE, WARMUP_NAME,
+    WARMUP_NAMESPACE, keys, replika_name, replika_resource, source_name, target_namespace,
+};
 use crate::progress::Progress;
-
-/// Holds the sources and the Replikas.
-pub const SOURCE_NAMESPACE: &str = "bench-source";
-/// The one target of the warm-up Replika, which shows the operator is at work.
-pub const WARMUP_NAMESPACE: &str = "bench-warmup";
-/// Name of the warm-up Replika and of its source.
-pub const WARMUP_NAME: &str = "bench-warmup";
-/// Name of the floor client's object in every target namespace.
-pub const FLOOR_NAME: &str = "bench-floor";
-/// Prefix of every namespace and object the benchmark creates.
-pub const NAMESPACE_PREFIX: &str = "bench-";
-/// The data key whose value tells one version of a source from the next.
-pub const REVISION_KEY: &str = "revision";
 
 /// Data keys of a source besides its revision, and the length of each value:
 /// about 1 KiB of configuration, a typical shared ConfigMap or Secret.
@@ -44,31 +33,6 @@ const PAYLOAD_KEYS: usize = 8;
 const PAYLOAD_VALUE_LEN: usize = 128;
 /// Bytes of data in each unrelated Secret.
 const SECRET_BYTES: usize = 64;
-
-/// The kinds of object the Replikas copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum Kind {
-    ConfigMap,
-    Secret,
-}
-
-impl Kind {
-    /// The kind of source `index` and of its copies.
-    pub fn of_source(index: usize) -> Kind {
-        if index.is_multiple_of(2) {
-            Kind::ConfigMap
-        } else {
-            Kind::Secret
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Kind::ConfigMap => "ConfigMap",
-            Kind::Secret => "Secret",
-        }
-    }
-}
 
 /// The shape of the scenarios.
 #[derive(Clone, Debug)]
@@ -146,37 +110,6 @@ impl Workload {
             &self.sync_time,
         )
     }
-}
-
-/// The `index`th target namespace.
-pub fn target_namespace(index: usize) -> String {
-    format!("{NAMESPACE_PREFIX}{index:04}")
-}
-
-/// The name of source `index` and of its copies.
-pub fn source_name(index: usize) -> String {
-    format!("{NAMESPACE_PREFIX}src-{index:02}")
-}
-
-/// The name of Replika `index`.
-pub fn replika_name(index: usize) -> String {
-    format!("{NAMESPACE_PREFIX}{index:02}")
-}
-
-/// The object of `kind` named `name` in each of `namespaces`.
-pub fn keys(kind: Kind, name: &str, namespaces: &[String]) -> Vec<ObjectKey> {
-    namespaces
-        .iter()
-        .map(|namespace| ObjectKey::new(kind, namespace, name))
-        .collect()
-}
-
-/// The Replika kind, served by whichever operator's CRD is installed.
-pub fn replika_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("replika.prosimcorp.com", "v1beta1", "Replika"),
-        "replikas",
-    )
 }
 
 fn replika_object(
@@ -352,7 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn replikas_use_only_the_seed_api_and_alternate_kinds() {
+    fn replikas_use_only_the_earlier_operators_api_and_alternate_kinds() {
         let workload = workload();
         let replika = workload.replika(1);
         assert_eq!(replika.metadata.name.as_deref(), Some("bench-01"));

@@ -221,7 +221,7 @@ async fn service_account_identity_authenticates_as_the_service_account() {
 
 /// `KUBERNETES_VERSION` from `control-plane/versions.env`.
 fn pinned_kubernetes_version() -> &'static str {
-    include_str!("../control-plane/versions.env")
+    include_str!("../../control-plane/versions.env")
         .lines()
         .find_map(|line| line.strip_prefix("KUBERNETES_VERSION="))
         .expect("versions.env pins KUBERNETES_VERSION")

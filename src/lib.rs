@@ -1,7 +1,7 @@
 //! Replika: keeps copies of one namespaced object in many namespaces, in sync with its source.
 //!
 //! - [`api`]: the `Replika` custom resource.
-//! - [`attest`]: an admin vouching for existing Replikas (`replika attest`).
+//! - [`plugin`]: `kubectl replika status|plan|attest`, the commands users run against a cluster.
 //! - [`domain`]: pure rules (target namespaces, copies, validation) with no Kubernetes I/O.
 //! - [`controller`]: the reconciler and the watches that drive it.
 //! - [`webhook`]: the admission webhooks and their HTTPS server.
@@ -10,12 +10,12 @@
 //! - [`sync`]: locks that outlive a panic elsewhere.
 
 pub mod api;
-pub mod attest;
 pub mod authorization;
 pub mod controller;
 pub mod domain;
 pub mod health;
 pub mod leader;
 pub mod metrics;
+pub mod plugin;
 pub mod sync;
 pub mod webhook;

@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use kube::{Client, CustomResourceExt};
 use replika::api::Replika;
-use replika::attest::{Attested, Selection};
 use replika::authorization::Authorizer;
 use replika::controller::{self, Telemetry};
 use replika::domain::duration::parse_go_duration;
 use replika::health::{self, Readiness};
 use replika::leader::{self, Leadership, LeaseSettings};
 use replika::metrics::Metrics;
+use replika::plugin;
 use replika::webhook::{self, Certificates, self_managed::SelfManaged, tls};
 use tokio::sync::watch;
 use tracing::{error, info};
@@ -42,19 +42,11 @@ enum Command {
     Certs(CertsArgs),
     /// Vouch for existing Replikas (e.g. the earlier Go operator's): Replika's
     /// webhooks review your access and sign you (your kubeconfig user) as their author.
-    Attest(AttestArgs),
-}
-
-#[derive(clap::Args)]
-struct AttestArgs {
-    /// The namespace of the Replikas (default: the kubeconfig context's namespace).
-    #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
-    namespace: Option<String>,
-    /// Every Replika in every namespace.
-    #[arg(short = 'A', long, conflicts_with = "names")]
-    all_namespaces: bool,
-    /// Replika names (default: every Replika of the namespace).
-    names: Vec<String>,
+    Attest(plugin::AttestArgs),
+    /// Show where each target namespace of one Replika stands: synced, pending, conflict, failed.
+    Status(plugin::StatusArgs),
+    /// Show what applying a Replika would do, namespace by namespace, writing nothing.
+    Plan(plugin::PlanArgs),
 }
 
 #[derive(clap::Args)]
@@ -173,7 +165,7 @@ fn parse_namespaced(value: &str) -> Result<(String, String), String> {
 async fn main() -> anyhow::Result<()> {
     // One crypto provider for every TLS user in the process (kube client and webhook).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match Cli::parse().command {
+    match parse_command_line().command {
         Command::Crd => {
             print!(
                 "{}",
@@ -183,58 +175,25 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Certs(args) => write_certs(&args),
         Command::Run(args) => run(*args).await,
-        Command::Attest(args) => attest(args).await,
+        Command::Attest(args) => plugin::attest(args).await,
+        Command::Status(args) => plugin::status(args).await,
+        Command::Plan(args) => plugin::plan(args).await,
     }
 }
 
-async fn attest(args: AttestArgs) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .context("no usable kubeconfig or in-cluster configuration")?;
-    let selection = if args.all_namespaces {
-        Selection::AllNamespaces
-    } else {
-        Selection::Namespace {
-            namespace: args
-                .namespace
-                .unwrap_or_else(|| client.default_namespace().to_string()),
-            names: args.names,
-        }
-    };
-    let attested = replika::attest::attest(client, selection)
-        .await
-        .context("listing the Replikas")?;
-    let width = |field: fn(&Attested) -> &str, title: &str| {
-        attested
-            .iter()
-            .map(|a| field(a).len())
-            .chain([title.len()])
-            .max()
-            .unwrap_or(0)
-    };
-    let (ns_width, name_width) = (
-        width(|a| &a.namespace, "NAMESPACE"),
-        width(|a| &a.name, "NAME"),
-    );
-    println!("{:ns_width$}  {:name_width$}  RESULT", "NAMESPACE", "NAME");
-    for one in &attested {
-        let result = match &one.result {
-            Ok(author) => format!("attested: author {author}"),
-            Err(why) => format!("FAILED: {why}"),
-        };
-        println!(
-            "{:ns_width$}  {:name_width$}  {result}",
-            one.namespace, one.name
-        );
+/// The command line; run as `kubectl-replika`, help and errors name `kubectl replika`.
+fn parse_command_line() -> Cli {
+    let invoked_as = std::env::args_os().next().map(PathBuf::from);
+    let as_plugin = invoked_as
+        .as_deref()
+        .and_then(std::path::Path::file_name)
+        .is_some_and(|name| name == plugin::PLUGIN_BINARY);
+    let mut command = Cli::command();
+    if as_plugin {
+        command = command.name("kubectl replika").bin_name("kubectl replika");
     }
-    let failed = attested.iter().filter(|a| a.result.is_err()).count();
-    if failed > 0 {
-        anyhow::bail!(
-            "{failed} of {} Replika(s) could not be attested",
-            attested.len()
-        );
-    }
-    Ok(())
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
 }
 
 fn write_certs(args: &CertsArgs) -> anyhow::Result<()> {

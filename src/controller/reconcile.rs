@@ -16,8 +16,8 @@ use tracing::{info, warn};
 
 use super::copies::{CopyWriter, Outcome, describe};
 use super::copy_index::{CopyIndex, CopyRecord};
-use super::previous_copies;
 use super::kinds::{KindError, ServedKind, display};
+use super::previous_copies;
 use super::status::{Blocked, PassResult, next_status, publish};
 use super::watches::{CopyCacheKey, WatchView};
 use super::{Context, Error};
@@ -179,7 +179,15 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         let remove = plan.policy.on_source_deleted == SourceDeletedPolicy::Delete;
         if remove {
             let scope = scope_of(replika, &plan, ctx);
-            prune(&writer, &caches.copies, &owner, &scope, &BTreeSet::new(), ctx).await;
+            prune(
+                &writer,
+                &caches.copies,
+                &owner,
+                &scope,
+                &BTreeSet::new(),
+                ctx,
+            )
+            .await;
         }
         let blocked = Blocked::SourceNotFound {
             copies_removed: remove,
@@ -217,8 +225,15 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
                 let outcome = match found.as_deref() {
                     None => writer.create(&namespace, template).await,
                     Some(existing) => {
-                        sync_one(writer, existing, template, owner, plan.policy.conflict, scope)
-                            .await
+                        sync_one(
+                            writer,
+                            existing,
+                            template,
+                            owner,
+                            plan.policy.conflict,
+                            scope,
+                        )
+                        .await
                     }
                 };
                 if let (Outcome::Created | Outcome::Updated | Outcome::Replaced, Some(changed)) =
@@ -488,7 +503,15 @@ async fn remove_or_release(
     match plan.policy.on_replika_deleted {
         ReplikaDeletedPolicy::Delete => {
             let scope = scope_of(replika, plan, ctx);
-            let pruned = prune(&writer, &caches.copies, owner, &scope, &BTreeSet::new(), ctx).await;
+            let pruned = prune(
+                &writer,
+                &caches.copies,
+                owner,
+                &scope,
+                &BTreeSet::new(),
+                ctx,
+            )
+            .await;
             if pruned.failed > 0 {
                 return Err(Error::CleanupIncomplete(pruned.failed));
             }

@@ -440,8 +440,14 @@ mod tests {
             filtered(None, &[]),
             ["ca.crt", "tls.crt", "tls.key", "tls.bin"]
         );
-        assert_eq!(filtered(Some(&["tls.*"]), &[]), ["tls.crt", "tls.key", "tls.bin"]);
-        assert_eq!(filtered(Some(&["tls.*"]), &["*.key"]), ["tls.crt", "tls.bin"]);
+        assert_eq!(
+            filtered(Some(&["tls.*"]), &[]),
+            ["tls.crt", "tls.key", "tls.bin"]
+        );
+        assert_eq!(
+            filtered(Some(&["tls.*"]), &["*.key"]),
+            ["tls.crt", "tls.bin"]
+        );
         assert_eq!(filtered(None, &["tls.*"]), ["ca.crt"]);
         assert_eq!(filtered(Some(&["absent"]), &[]), Vec::<String>::new());
     }

@@ -111,12 +111,7 @@ impl Scope {
 }
 
 /// What to do with `found`, an object named like the copies in a target namespace.
-pub fn step(
-    found: Found<'_>,
-    owner: &Owner,
-    conflict: ConflictPolicy,
-    scope: &Scope,
-) -> Step {
+pub fn step(found: Found<'_>, owner: &Owner, conflict: ConflictPolicy, scope: &Scope) -> Step {
     if found.deleting {
         return Step::Wait(
             "the copy is being deleted; it will be created again once it is gone".into(),
@@ -223,7 +218,9 @@ pub fn plan_namespaces(
         .map(|namespace| match by_namespace.get(namespace.as_str()) {
             None => planned(namespace, Action::Create, String::new()),
             Some(seen) => match step(seen.found, owner, conflict, scope) {
-                Step::Sync if seen.holds_copy => planned(namespace, Action::Unchanged, String::new()),
+                Step::Sync if seen.holds_copy => {
+                    planned(namespace, Action::Unchanged, String::new())
+                }
                 Step::Sync => planned(namespace, Action::Update, String::new()),
                 Step::Adopt => planned(
                     namespace,
@@ -364,13 +361,20 @@ mod tests {
         assert!(!stale("a", &ours, false), "ours, targeted");
         assert!(!stale("b", &ours, true), "already going");
         assert!(!stale("b", &other, false), "another Replika's");
-        assert!(!stale("b", &go, false), "the Go operator's outside our targets is not ours");
+        assert!(
+            !stale("b", &go, false),
+            "the Go operator's outside our targets is not ours"
+        );
         assert!(!stale("b", &CopyMarks::default(), false), "a user's");
     }
 
     #[test]
     fn a_plan_names_each_namespace_once_with_its_action() {
-        let scope = scope(&["new", "current", "stale-content", "taken"], &[], &["uid-1"]);
+        let scope = scope(
+            &["new", "current", "stale-content", "taken"],
+            &[],
+            &["uid-1"],
+        );
         let ours = written_by("platform/creds", "uid-1");
         let users = CopyMarks::default();
         let seen = |namespace, marks, holds_copy| Observed {
@@ -405,7 +409,8 @@ mod tests {
     }
 
     #[test]
-    fn an_inherited_copy_is_contested_where_a_same_named_replika_writing_the_same_objects_targets_too() {
+    fn an_inherited_copy_is_contested_where_a_same_named_replika_writing_the_same_objects_targets_too()
+     {
         let replika = |namespace: &str, uid: &str, targets: &[&str], copy_name: Option<&str>| {
             let spec: ReplikaSpec = serde_json::from_value(serde_json::json!({
                 "synchronization": {"time": "1m"},
@@ -424,10 +429,12 @@ mod tests {
         let names = ["a", "b", "platform", "other", "third"];
         let metadata: Vec<_> = names
             .iter()
-            .map(|name| k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                name: Some(name.to_string()),
-                ..Default::default()
-            })
+            .map(
+                |name| k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some(name.to_string()),
+                    ..Default::default()
+                },
+            )
             .collect();
         let views: Vec<NamespaceView<'_>> = metadata.iter().map(NamespaceView::of).collect();
         let plan = validate(&me.spec, "platform").expect("valid");

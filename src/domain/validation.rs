@@ -313,10 +313,10 @@ fn key_filter(spec: &ReplikaSpec, problems: &mut Vec<String>) -> KeyFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use crate::api::{
         SourceSpec, SynchronizationSpec, TargetDataSpec, TargetNamespacesSpec, TargetSpec,
     };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     fn spec(time: &str, kind: &str, replicate_in: &[&str]) -> ReplikaSpec {
         ReplikaSpec {
@@ -347,7 +347,10 @@ mod tests {
         assert_eq!(plan.source.gvk, GroupVersionKind::gvk("", "v1", "Secret"));
         assert_eq!(plan.targets.replicate_in, vec!["team-*".to_string()]);
         assert_eq!(plan.policy, ReplikaSpec::default().effective_policy());
-        assert_eq!(plan.copy.name, "registry-creds", "copies take the source's name");
+        assert_eq!(
+            plan.copy.name, "registry-creds",
+            "copies take the source's name"
+        );
         assert_eq!(plan.targets.opt_in_for, None);
     }
 
@@ -401,7 +404,10 @@ mod tests {
             source.kind = "ConfigMap".into();
         }
         assert!(!warned(&config_map), "only Secrets");
-        assert!(!warned(&spec("20s", "Secret", &["team-a"])), "named namespaces");
+        assert!(
+            !warned(&spec("20s", "Secret", &["team-a"])),
+            "named namespaces"
+        );
     }
 
     #[test]
@@ -416,11 +422,19 @@ mod tests {
         let all = problems.join("\n");
         assert!(all.contains("spec.target.name: \"Not_A_Name\""), "{all}");
         assert!(
-            all.contains("key filters apply to Secrets and ConfigMaps only, not to AlertmanagerConfig"),
+            all.contains(
+                "key filters apply to Secrets and ConfigMaps only, not to AlertmanagerConfig"
+            ),
             "{all}"
         );
-        assert!(all.contains("spec.target.data.include: must name at least one key"), "{all}");
-        assert!(all.contains("spec.target.data.exclude[1]: \"a/b\""), "{all}");
+        assert!(
+            all.contains("spec.target.data.include: must name at least one key"),
+            "{all}"
+        );
+        assert!(
+            all.contains("spec.target.data.exclude[1]: \"a/b\""),
+            "{all}"
+        );
         assert_eq!(problems.len(), 4, "{all}");
     }
 

@@ -74,7 +74,7 @@ test: node-binaries install-tools
 SOAK_SECONDS ?= 900
 soak: control-plane-binaries
 	REPLIKA_SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --package replika --test reliability -- \
-		--exact a_soak_of_continuous_churn_ends_with_every_copy_right --nocapture
+		--exact soak::a_soak_of_continuous_churn_ends_with_every_copy_right --nocapture
 
 ## Operator tasks (run, crd, ...) ############################################
 # Add the operator's own targets below this line.

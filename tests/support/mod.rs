@@ -4,30 +4,23 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset of these helpers.
 
+mod operations;
+
+#[allow(unused_imports)] // As above: not every test binary reads the operations port.
+pub use operations::*;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use replika::api::Replika;
 use serde_json::Value;
 use testenv::{ControlPlane, TestNamespace, run, wait_for};
-
-/// Who holds the leader-election Lease `lease` of the `replika` namespace, if anyone.
-pub async fn lease_holder(client: &Client, lease: &str) -> Option<String> {
-    Api::<Lease>::namespaced(client.clone(), "replika")
-        .get_opt(lease)
-        .await
-        .expect("reading the Lease")?
-        .spec?
-        .holder_identity
-        .filter(|holder| !holder.is_empty())
-}
 
 /// Deadline for anything the operator should do promptly.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -383,17 +376,21 @@ pub const NO_ADMISSION_LABEL: &str = "replika.test/no-admission";
 
 /// A fresh namespace where Replikas bypass admission (see [`NO_ADMISSION_LABEL`]).
 pub async fn namespace_without_admission(client: &Client, prefix: &str) -> String {
+    labelled_namespace(client, prefix, NO_ADMISSION_LABEL, "true").await
+}
+
+/// A fresh namespace labelled `key=value`, named by the API server after `prefix`.
+pub async fn labelled_namespace(client: &Client, prefix: &str, key: &str, value: &str) -> String {
     let name = namespace(client, prefix).await;
+    let patch = serde_json::json!({"metadata": {"labels": {key: value}}});
     Api::<Namespace>::all(client.clone())
         .patch(
             &name,
             &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(
-                serde_json::json!({"metadata": {"labels": {NO_ADMISSION_LABEL: "true"}}}),
-            ),
+            &kube::api::Patch::Merge(&patch),
         )
         .await
-        .expect("labelling the namespace");
+        .expect("labelling a namespace");
     name
 }
 

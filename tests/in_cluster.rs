@@ -20,18 +20,17 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, api::ListParams};
 use testenv::{Cluster, CommandOutput, ControlPlane, Install, run, run_with_stdin, wait_for};
 
-use support::{lease_holder, wait_for_copy};
+use support::{LEADER_LEASE, lease_holder, wait_for_copy};
 
 const NAMESPACE: &str = "replika";
 const DEPLOYMENT: &str = "deployment/replika-controller-manager";
-const LEASE: &str = "replika-leader";
 /// The Deployment's `--lease-duration` default: a leader that stopped without
 /// releasing the Lease would keep it this long.
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How long a renewed certificate may take to reach the pods: the kubelet's
 /// sync of Secret volumes (10 s on this node) and cert-manager's reissue.
 const RENEWAL_DEADLINE: Duration = Duration::from_secs(90);
-/// The seed example and what it copies.
+/// The ConfigMap example of `examples/` and what it copies.
 const EXAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/examples/configmap-replika.yaml"
@@ -280,7 +279,7 @@ async fn the_example_replicates_and_is_observable(
         "Events in kubectl describe: {described}"
     );
 
-    let leader = lease_holder(client, LEASE).await.expect("a leader");
+    let leader = lease_holder(client, LEADER_LEASE).await.expect("a leader");
     let logs = kubectl_ok(cluster, &["logs", "--namespace", NAMESPACE, &leader]);
     assert!(
         logs.lines().count() > 1
@@ -290,32 +289,30 @@ async fn the_example_replicates_and_is_observable(
         "kubectl logs shows the JSON log: {logs}"
     );
     for pod in pods {
-        let url = format!("http://{}:8080/metrics", pod_ip(pod));
-        let metrics =
-            run(Command::new("curl").args(["--silent", "--fail", "--max-time", "5", &url]));
-        assert!(metrics.status_ok, "GET {url}: {}", metrics.stderr);
+        let metrics = pod_metrics(pod);
         assert!(
-            metrics.stdout.contains("replika_leader"),
-            "metrics of {url}: {}",
-            metrics.stdout
+            metrics.contains("replika_leader"),
+            "metrics of {}: {metrics}",
+            pod_ip(pod)
         );
     }
-    let leader_metrics = run(Command::new("curl").args([
-        "--silent",
-        &format!(
-            "http://{}:8080/metrics",
-            pod_ip(
-                pods.iter()
-                    .find(|p| p.metadata.name.as_deref() == Some(&leader))
-                    .expect("the leader is a pod")
-            )
-        ),
-    ]));
+    let leader_pod = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(&leader))
+        .expect("the leader is a pod");
+    let leader_metrics = pod_metrics(leader_pod);
     assert!(
-        leader_metrics.stdout.contains("replika_copy_writes_total"),
-        "the leader counts its writes: {}",
-        leader_metrics.stdout
+        leader_metrics.contains("replika_copy_writes_total"),
+        "the leader counts its writes: {leader_metrics}"
     );
+}
+
+/// `GET /metrics` of the operator in `pod`, through its pod IP.
+fn pod_metrics(pod: &Pod) -> String {
+    let url = format!("http://{}:8080/metrics", pod_ip(pod));
+    let metrics = run(Command::new("curl").args(["--silent", "--fail", "--max-time", "5", &url]));
+    assert!(metrics.status_ok, "GET {url}: {}", metrics.stderr);
+    metrics.stdout
 }
 
 /// The webhook is reached by the API server through the Service (the
@@ -395,7 +392,7 @@ fn an_unsafe_replika_is_denied_through_the_service(cluster: &Cluster) {
 /// Lease, the other replica takes over well within the lease duration, and
 /// copies keep following their source.
 async fn deleting_the_leader_hands_over_within_the_lease(cluster: &Cluster, client: &Client) {
-    let leader = lease_holder(client, LEASE).await.expect("a leader");
+    let leader = lease_holder(client, LEADER_LEASE).await.expect("a leader");
     let deleted = Instant::now();
     kubectl_ok(
         cluster,
@@ -412,7 +409,7 @@ async fn deleting_the_leader_hands_over_within_the_lease(cluster: &Cluster, clie
         "another replica to take the Lease",
         LEASE_DURATION,
         || async {
-            lease_holder(client, LEASE)
+            lease_holder(client, LEADER_LEASE)
                 .await
                 .filter(|holder| *holder != leader)
         },

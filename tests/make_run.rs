@@ -17,9 +17,9 @@ use replika::api::{ANNOTATION_AUTHOR, Replika};
 use support::*;
 use testenv::{ControlPlane, run, wait_for};
 
-/// The seed's example Replika (matchAll minus the system namespaces and the
+/// The earlier Go operator's example Replika (matchAll minus the system namespaces and the
 /// source's own), copying the ConfigMap `name` of `namespace`.
-fn seed_example(name: &str, namespace: &str) -> String {
+fn earlier_operators_example(name: &str, namespace: &str) -> String {
     format!(
         r#"
 apiVersion: replika.prosimcorp.com/v1beta1
@@ -137,7 +137,7 @@ async fn author_of(client: &Client, namespace: &str, name: &str) -> Option<Strin
 }
 
 #[tokio::test]
-async fn make_run_replicates_the_seed_example_against_any_cluster() {
+async fn make_run_replicates_the_earlier_operators_example_against_any_cluster() {
     let plane = ControlPlane::shared();
     let client = plane.admin_client().await;
     let work = std::env::temp_dir().join(format!("replika-make-run-{}", std::process::id()));
@@ -155,7 +155,7 @@ async fn make_run_replicates_the_seed_example_against_any_cluster() {
         .wait_for_log("admission: DEVELOPMENT MODE (--authorize-unsigned-as-self)")
         .await;
     create_configmap(&client, &src, "sample-configmap", &[("greeting", "hello")]).await;
-    let applied = kubectl_apply(plane, &seed_example("sample-configmap", &src));
+    let applied = kubectl_apply(plane, &earlier_operators_example("sample-configmap", &src));
     assert!(
         applied.status_ok,
         "kubectl apply failed: {}",
@@ -194,7 +194,8 @@ async fn make_run_replicates_the_seed_example_against_any_cluster() {
         .await;
     create_configmap(&client, &src, "signed-configmap", &[("greeting", "signed")]).await;
     // The API server takes a moment to call new webhook configurations.
-    let unsafe_replika = seed_example("unsafe", &src).replace("time: \"20s\"", "time: banana");
+    let unsafe_replika =
+        earlier_operators_example("unsafe", &src).replace("time: \"20s\"", "time: banana");
     wait_for(
         "the webhooks to deny an unsafe Replika",
         DEADLINE,
@@ -204,7 +205,7 @@ async fn make_run_replicates_the_seed_example_against_any_cluster() {
         },
     )
     .await;
-    let applied = kubectl_apply(plane, &seed_example("signed-configmap", &src));
+    let applied = kubectl_apply(plane, &earlier_operators_example("signed-configmap", &src));
     assert!(
         applied.status_ok,
         "kubectl apply failed: {}",

@@ -52,20 +52,6 @@ async fn set_source_data(client: &Client, namespace: &str, name: &str, value: &s
         .expect("the source is updated");
 }
 
-/// The value of the series `name` (with its labels, as exported) on the
-/// operator's `/metrics`; 0 when the series is not exported yet.
-async fn metric(port: u16, series: &str) -> f64 {
-    let (status, body) = http_get(port, "/metrics")
-        .await
-        .expect("the operations endpoint answers");
-    assert_eq!(status, 200, "GET /metrics: {body}");
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| {
-            value.trim().parse().expect("a numeric sample value")
-        })
-}
-
 /// Waits until `GET path` answers with `status`, and returns the body.
 async fn wait_for_status(port: u16, path: &str, status: u16) -> String {
     wait_for(
@@ -186,46 +172,31 @@ fn start_replica_with_lease(
     identity: &str,
     lease: Duration,
 ) -> Replica {
-    let port = free_port();
-    let args = [
-        "--leader-election".to_string(),
-        "--lease-namespace=replika".to_string(),
-        format!("--lease-duration={}s", lease.as_secs()),
-        format!("--identity={identity}"),
-        format!("--metrics-bind=127.0.0.1:{port}"),
-    ];
+    let args = leader_election_args(identity, lease);
+    let OperatorWithPort { port, process } = start_operator_with_port(kubeconfig, identity, &args);
     Replica {
         identity: identity.to_string(),
         port,
-        process: start_operator(kubeconfig, identity, &args),
+        process,
     }
 }
 
-async fn wait_for_leader(client: &Client, lease: &str, replica: &Replica, deadline: Duration) {
+async fn wait_for_leader(client: &Client, replica: &Replica, deadline: Duration) {
     wait_for(
         &format!("{} to hold the Lease and reconcile", replica.identity),
         deadline,
         || async {
-            // The operations endpoint listens before the process campaigns.
-            if lease_holder(client, lease).await? != replica.identity {
-                return None;
-            }
-            (metric(replica.port, "replika_leader").await == 1.0).then_some(())
+            leadership(client, &replica.identity, replica.port)
+                .await
+                .ok()
         },
     )
     .await;
 }
 
-async fn copy_writes(port: u16) -> f64 {
-    let mut total = 0.0;
-    for operation in ["create", "update", "replace", "delete"] {
-        total += metric(
-            port,
-            &format!("replika_copy_writes_total{{operation=\"{operation}\"}}"),
-        )
-        .await;
-    }
-    total
+/// Every copy the operator at `port` wrote so far.
+async fn all_copy_writes(port: u16) -> f64 {
+    copy_writes(port).await.values().sum()
 }
 
 #[tokio::test]
@@ -235,11 +206,9 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
     let installed = installed();
     let admin = installed.plane.admin_client().await;
     let kubeconfig = &installed.operator_kubeconfig;
-    // The deploy RBAC allows this Lease name only.
-    let lease = "replika-leader";
 
     let mut first = start_replica(kubeconfig, "replika-first");
-    wait_for_leader(&admin, lease, &first, DEADLINE).await;
+    wait_for_leader(&admin, &first, DEADLINE).await;
     let mut second = start_replica(kubeconfig, "replika-second");
     // A follower is ready (it serves webhooks) but does not reconcile.
     wait_for_status(second.port, "/readyz", 200).await;
@@ -256,11 +225,11 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
         wait_for_copy(&admin, target, "shared", &[("key", "one")]).await;
     }
     assert!(
-        copy_writes(first.port).await >= 2.0,
+        all_copy_writes(first.port).await >= 2.0,
         "the leader wrote the copies"
     );
     assert_eq!(
-        copy_writes(second.port).await,
+        all_copy_writes(second.port).await,
         0.0,
         "the follower wrote nothing\n{}",
         second.process.log_tail()
@@ -269,7 +238,7 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
     // The leader dies without releasing the Lease: the follower takes over once it expires.
     first.process.signal("KILL");
     let killed = Instant::now();
-    wait_for_leader(&admin, lease, &second, LEASE * 3 + DEADLINE).await;
+    wait_for_leader(&admin, &second, LEASE * 3 + DEADLINE).await;
     let handover = killed.elapsed();
     println!("handover after SIGKILL took {handover:?} (lease {LEASE:?})");
     assert!(
@@ -282,7 +251,7 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
         wait_for_copy(&admin, target, "shared", &[("key", "two")]).await;
     }
     assert!(
-        copy_writes(second.port).await >= 2.0,
+        all_copy_writes(second.port).await >= 2.0,
         "the new leader updated the copies\n{}",
         second.process.log_tail()
     );
@@ -296,7 +265,7 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
         second.process.log_tail()
     );
     assert_eq!(
-        lease_holder(&admin, lease).await,
+        lease_holder(&admin, LEADER_LEASE).await,
         None,
         "the Lease was released on SIGTERM"
     );
@@ -323,18 +292,17 @@ async fn a_follower_with_a_shorter_lease_waits_out_the_one_the_leader_recorded()
     let installed = installed();
     let admin = installed.plane.admin_client().await;
     let kubeconfig = &installed.operator_kubeconfig;
-    let lease = "replika-leader";
     // A rolling update that shortens --lease-duration: the old leader recorded 12 s.
     let (long, short) = (Duration::from_secs(12), Duration::from_secs(2));
     let old = start_replica_with_lease(kubeconfig, "replika-long-lease", long);
-    wait_for_leader(&admin, lease, &old, DEADLINE).await;
+    wait_for_leader(&admin, &old, DEADLINE).await;
     // Paused (not dead): it may write until its renew deadline, two thirds of 12 s.
     old.process.signal("STOP");
-    let (last_renewal, _) = lease_times(&admin, lease).await;
+    let (last_renewal, _) = lease_times(&admin, LEADER_LEASE).await;
     let last_renewal = last_renewal.expect("a renewal time");
     let new = start_replica_with_lease(kubeconfig, "replika-short-lease", short);
-    wait_for_leader(&admin, lease, &new, long * 3 + DEADLINE).await;
-    let (_, acquired) = lease_times(&admin, lease).await;
+    wait_for_leader(&admin, &new, long * 3 + DEADLINE).await;
+    let (_, acquired) = lease_times(&admin, LEADER_LEASE).await;
     let waited = acquired
         .expect("an acquire time")
         .duration_since(last_renewal)

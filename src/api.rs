@@ -248,6 +248,17 @@ pub struct CopiesIdentity {
     pub name: String,
 }
 
+impl CopiesIdentity {
+    /// The copies' kind.
+    pub fn gvk(&self) -> kube::core::GroupVersionKind {
+        let (group, version) = self
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", self.api_version.as_str()));
+        kube::core::GroupVersionKind::gvk(group, version, &self.kind)
+    }
+}
+
 /// How many target namespaces there are and how they fare.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct TargetCounts {

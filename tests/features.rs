@@ -89,13 +89,31 @@ async fn copies_take_the_target_name_and_renaming_removes_the_old_ones() {
         "only the target name is used"
     );
 
-    // Renaming the copies removes the ones under the old name.
-    h.kubectl_apply(&configmap_replika(
+    // Renaming the copies removes the ones under the old name, as the plan says.
+    let renamed = configmap_replika(
         "settings",
         &src,
         "settings",
         &format!("{{name: shared-settings, namespaces: {targets}}}"),
-    ));
+    );
+    let planned = kubectl_replika(h, &["plan", "-f", "-", "-o", "json"], &renamed);
+    assert_eq!(
+        rows(&planned, "action"),
+        [
+            (target.clone(), "create".to_string()),
+            (target.clone(), "prune".to_string())
+        ],
+        "{}",
+        planned.stdout
+    );
+    assert!(
+        planned
+            .stdout
+            .contains("made as ConfigMap app-settings before"),
+        "{}",
+        planned.stdout
+    );
+    h.kubectl_apply(&renamed);
     wait_for_copy(&client, &target, "shared-settings", &[("k", "v1")]).await;
     wait_for_absence(&client, &target, "app-settings").await;
 

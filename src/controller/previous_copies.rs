@@ -3,21 +3,22 @@
 //! to) or kind, the ones made before are removed. `status.copies` records
 //! what the copies were last made as, so this survives restarts.
 
-use kube::api::{Api, DynamicObject, ListParams};
-use kube::core::{GroupVersionKind, PartialObjectMeta};
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::core::PartialObjectMeta;
 use tracing::info;
 
 use super::copy_index::CopyRecord;
-use super::kinds::{KindError, ServedKind};
+use super::kinds::KindError;
 use super::{Context, Error};
 use crate::api::{CREATED_BY_VALUE, CopiesIdentity, LABEL_CREATED_BY, LABEL_PART_OF, Replika};
 use crate::domain::copy::{Owner, Ownership};
 
-/// What the copies of a pass are made as.
-pub fn identity(kind: &ServedKind, name: &str) -> CopiesIdentity {
+/// What the copies of a pass are made as: `name`, of kind `resource`.
+pub fn identity(resource: &ApiResource, name: &str) -> CopiesIdentity {
     CopiesIdentity {
-        api_version: kind.resource.api_version.clone(),
-        kind: kind.resource.kind.clone(),
+        api_version: resource.api_version.clone(),
+        kind: resource.kind.clone(),
         name: name.to_string(),
     }
 }
@@ -31,6 +32,29 @@ pub fn superseded(replika: &Replika, current: &CopiesIdentity) -> Option<CopiesI
         .filter(|previous| previous != current)
 }
 
+/// The copies `owner` made as `previous`, of kind `resource`.
+pub async fn list(
+    client: &Client,
+    resource: &ApiResource,
+    previous: &CopiesIdentity,
+    owner: &Owner,
+) -> Result<Vec<CopyRecord>, kube::Error> {
+    let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), resource);
+    let params = ListParams::default()
+        .fields(&format!("metadata.name={}", previous.name))
+        .labels(&format!(
+            "{LABEL_CREATED_BY}={CREATED_BY_VALUE},{LABEL_PART_OF}={}",
+            owner.name
+        ));
+    Ok(api
+        .list_metadata(&params)
+        .await?
+        .iter()
+        .map(|object| CopyRecord::from_metadata(&object.metadata))
+        .filter(|copy| copy.marks.ownership(owner) == Ownership::Ours)
+        .collect())
+}
+
 /// Removes every copy `owner` made as `previous`; how many it removed. A kind
 /// no longer served has none left to remove.
 pub async fn remove(
@@ -38,38 +62,22 @@ pub async fn remove(
     owner: &Owner,
     ctx: &Context,
 ) -> Result<usize, Error> {
-    let (group, version) = match previous.api_version.split_once('/') {
-        Some((group, version)) => (group, version),
-        None => ("", previous.api_version.as_str()),
-    };
-    let gvk = GroupVersionKind::gvk(group, version, &previous.kind);
-    let kind = match ctx.kinds.resolve(&gvk).await {
+    let kind = match ctx.kinds.resolve(&previous.gvk()).await {
         Ok(kind) => kind,
         Err(KindError::NotServed(_)) => return Ok(0),
         Err(error) => return Err(error.into()),
     };
-    let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(ctx.client.clone(), &kind.resource);
-    let params = ListParams::default()
-        .fields(&format!("metadata.name={}", previous.name))
-        .labels(&format!(
-            "{LABEL_CREATED_BY}={CREATED_BY_VALUE},{LABEL_PART_OF}={}",
-            owner.name
-        ));
+    let copies = list(&ctx.client, &kind.resource, previous, owner).await?;
     let writer = ctx.copy_writer(&kind.resource, &owner.uid);
-    let mut removed = 0;
-    for object in api.list_metadata(&params).await? {
-        let copy = CopyRecord::from_metadata(&object.metadata);
-        if copy.marks.ownership(owner) == Ownership::Ours {
-            writer.delete(&copy).await?;
-            removed += 1;
-        }
+    for copy in &copies {
+        writer.delete(copy).await?;
     }
     info!(
         owner = %format!("{}/{}", owner.namespace, owner.name),
         kind = %previous.kind,
         name = %previous.name,
-        removed,
+        removed = copies.len(),
         "removed the copies made under a previous name or kind"
     );
-    Ok(removed)
+    Ok(copies.len())
 }

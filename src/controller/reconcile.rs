@@ -255,7 +255,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let mut pruned = prune(&writer, &caches.copies, &owner, &scope, &scope.targets, ctx)
         .await
         .removed;
-    let current = previous_copies::identity(&caches.kind, &plan.copy.name);
+    let current = previous_copies::identity(&caches.kind.resource, &plan.copy.name);
     let copies = match previous_copies::superseded(replika, &current) {
         None => current,
         Some(previous) => match previous_copies::remove(&previous, &owner, ctx).await {
@@ -515,7 +515,7 @@ async fn remove_or_release(
             if pruned.failed > 0 {
                 return Err(Error::CleanupIncomplete(pruned.failed));
             }
-            let current = previous_copies::identity(&caches.kind, &plan.copy.name);
+            let current = previous_copies::identity(&caches.kind.resource, &plan.copy.name);
             if let Some(previous) = previous_copies::superseded(replika, &current) {
                 previous_copies::remove(&previous, owner, ctx).await?;
             }

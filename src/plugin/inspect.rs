@@ -9,15 +9,18 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{
-    Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams, ResourceExt,
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+    ResourceExt,
 };
-use kube::core::{GroupVersionKind, PartialObjectMeta};
+use kube::core::GroupVersionKind;
 use kube::discovery::{Scope as KindScope, pinned_kind};
 use kube::{Client, Resource};
 use serde::Serialize;
 
-use crate::api::{CREATED_BY_VALUE, CopiesIdentity, LABEL_CREATED_BY, LABEL_PART_OF, Replika};
-use crate::domain::copy::{CopyMarks, CopyTemplate, Owner, Ownership};
+use crate::api::{CopiesIdentity, Replika};
+use crate::controller::copies::{describe, is_immutable_rejection};
+use crate::controller::previous_copies;
+use crate::domain::copy::{CopyMarks, CopyTemplate, Owner};
 use crate::domain::plan::{Action, Found, Observed, Planned, Scope, plan_namespaces};
 use crate::domain::targets::NamespaceView;
 use crate::domain::validation::validate;
@@ -126,19 +129,6 @@ pub async fn inspect(
         })
         .collect();
     let mut planned = plan_namespaces(&observed, &owner, plan.policy.conflict, &scope);
-    let current = CopiesIdentity {
-        api_version: resource.api_version.clone(),
-        kind: resource.kind.clone(),
-        name: plan.copy.name.clone(),
-    };
-    if let Some(previous) = stored
-        .and_then(|s| s.status.as_ref())
-        .and_then(|status| status.copies.as_ref())
-        .filter(|previous| **previous != current)
-    {
-        planned.extend(previous_copies(client, previous, &owner).await?);
-        planned.sort_by(|a, b| a.namespace.cmp(&b.namespace));
-    }
     if dry_run == DryRun::Server {
         let writes = Writes {
             client,
@@ -147,18 +137,26 @@ pub async fn inspect(
             found: &found.items,
         };
         for one in &mut planned {
-            if let Err(refusal) = writes.dry_run(one).await {
-                one.detail = [
-                    one.detail.as_str(),
-                    &format!("the API server refuses it: {refusal}"),
-                ]
-                .iter()
-                .filter(|part| !part.is_empty())
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ");
+            let note = match writes.dry_run(one).await {
+                Ok(note) => note,
+                Err(refusal) => Some(format!("the API server refuses it: {refusal}")),
+            };
+            if let Some(note) = note {
+                one.detail = if one.detail.is_empty() {
+                    note
+                } else {
+                    format!("{}; {note}", one.detail)
+                };
             }
         }
+    }
+    // Copies under a previous name are listed after the dry runs, which are
+    // about the objects named like the copies now.
+    let current = previous_copies::identity(&resource, &plan.copy.name);
+    if let Some(previous) = stored.and_then(|stored| previous_copies::superseded(stored, &current))
+    {
+        planned.extend(copies_to_prune(client, &previous, &owner).await?);
+        planned.sort_by(|a, b| a.namespace.cmp(&b.namespace));
     }
     Ok(Inspection {
         replika: format!("{namespace}/{}", replika.name_any()),
@@ -214,38 +212,21 @@ async fn other_replikas(client: &Client, replika: &Replika) -> anyhow::Result<Ve
 }
 
 /// The copies `owner` made under a previous kind or name, which a pass removes.
-async fn previous_copies(
+async fn copies_to_prune(
     client: &Client,
     previous: &CopiesIdentity,
     owner: &Owner,
 ) -> anyhow::Result<Vec<Planned>> {
-    let (group, version) = previous
-        .api_version
-        .split_once('/')
-        .unwrap_or(("", previous.api_version.as_str()));
-    let gvk = GroupVersionKind::gvk(group, version, &previous.kind);
-    let Ok((resource, _)) = pinned_kind(client, &gvk).await else {
+    let Ok((resource, _)) = pinned_kind(client, &previous.gvk()).await else {
         return Ok(Vec::new());
     };
-    let params = ListParams::default()
-        .fields(&format!("metadata.name={}", previous.name))
-        .labels(&format!(
-            "{LABEL_CREATED_BY}={CREATED_BY_VALUE},{LABEL_PART_OF}={}",
-            owner.name
-        ));
-    let listed = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &resource)
-        .list_metadata(&params)
+    let copies = previous_copies::list(client, &resource, previous, owner)
         .await
         .context("listing the copies made under the previous name")?;
-    Ok(listed
-        .items
-        .iter()
-        .filter(|object| {
-            CopyMarks::read(object.labels(), object.annotations()).ownership(owner)
-                == Ownership::Ours
-        })
-        .map(|object| Planned {
-            namespace: object.namespace().unwrap_or_default(),
+    Ok(copies
+        .into_iter()
+        .map(|copy| Planned {
+            namespace: copy.namespace,
             action: Action::Prune,
             detail: format!("made as {} {} before", previous.kind, previous.name),
         })
@@ -261,18 +242,18 @@ struct Writes<'a> {
 }
 
 impl Writes<'_> {
-    /// Dry-runs the write `planned` predicts; the API server's refusal if any.
-    async fn dry_run(&self, planned: &Planned) -> Result<(), String> {
+    /// Dry-runs the write `planned` predicts: the API server's refusal if any,
+    /// or a note on how the engine goes about it.
+    async fn dry_run(&self, planned: &Planned) -> Result<Option<String>, String> {
         let namespace = planned.namespace.as_str();
         let api =
             Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, self.resource);
-        let existing = || {
-            self.found
-                .iter()
-                .find(|object| object.namespace().as_deref() == Some(namespace))
-        };
-        let result = match planned.action {
-            Action::Create => {
+        let existing = self
+            .found
+            .iter()
+            .find(|object| object.namespace().as_deref() == Some(namespace));
+        let result = match (planned.action, existing) {
+            (Action::Create, _) => {
                 let copy: DynamicObject =
                     serde_json::from_value(self.template.for_namespace(namespace))
                         .map_err(|error| error.to_string())?;
@@ -282,33 +263,33 @@ impl Writes<'_> {
                 };
                 api.create(&params, &copy).await.map(drop)
             }
-            Action::Update | Action::Adopt => {
-                let Some(existing) = existing() else {
-                    return Ok(());
-                };
+            (Action::Update | Action::Adopt, Some(existing)) => {
                 let mut body = self.template.for_namespace(namespace);
                 body["metadata"]["uid"] = existing.uid().unwrap_or_default().into();
                 let params = PatchParams::apply(MANAGER).force().dry_run();
-                api.patch(&existing.name_any(), &params, &Patch::Apply(&body))
+                match api
+                    .patch(&existing.name_any(), &params, &Patch::Apply(&body))
                     .await
-                    .map(drop)
+                {
+                    // The engine replaces an immutable copy whose content changed.
+                    Err(kube::Error::Api(status)) if is_immutable_rejection(&status) => {
+                        return Ok(Some(
+                            "the copy is immutable: it is replaced (deleted, then created)".into(),
+                        ));
+                    }
+                    other => other.map(drop),
+                }
             }
-            Action::Prune => {
-                let Some(existing) = existing() else {
-                    return Ok(());
-                };
-                let params = kube::api::DeleteParams {
+            (Action::Prune, Some(existing)) => {
+                let params = DeleteParams {
                     dry_run: true,
                     ..Default::default()
                 };
                 api.delete(&existing.name_any(), &params).await.map(drop)
             }
-            Action::Unchanged | Action::Conflict | Action::Wait => Ok(()),
+            _ => Ok(()),
         };
-        result.map_err(|error| match error {
-            kube::Error::Api(status) => status.message,
-            other => other.to_string(),
-        })
+        result.map(|()| None).map_err(|error| describe(&error))
     }
 }
 

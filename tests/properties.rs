@@ -28,7 +28,8 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use replika::api::{
     ConflictPolicy, PolicySpec, Replika, ReplikaDeletedPolicy, ReplikaSpec, SourceDeletedPolicy,
-    SourceSpec, SynchronizationSpec, TargetMetadataSpec, TargetNamespacesSpec, TargetSpec,
+    SourceSpec, SynchronizationSpec, TargetDataSpec, TargetMetadataSpec, TargetNamespacesSpec,
+    TargetSpec,
 };
 use replika::controller::kinds::{KindError, ServedKind};
 use replika::domain::access::Access;
@@ -540,16 +541,29 @@ fn target_namespaces() -> impl Strategy<Value = TargetNamespacesSpec> {
         any::<bool>(),
         option::of(vec(namespace_pattern(), 0..3)),
         option::of(label_selector()),
+        option::of(any::<bool>()),
     )
         .prop_map(
-            |(replicate_in, match_all, exclude_from, selector)| TargetNamespacesSpec {
-                replicate_in,
-                match_all,
-                exclude_from,
-                selector,
-                require_opt_in: None,
+            |(replicate_in, match_all, exclude_from, selector, require_opt_in)| {
+                TargetNamespacesSpec {
+                    replicate_in,
+                    match_all,
+                    exclude_from,
+                    selector,
+                    require_opt_in,
+                }
             },
         )
+}
+
+/// `spec.target.data`: key names, globs, and noise.
+fn target_data() -> impl Strategy<Value = TargetDataSpec> {
+    let pattern = || prop_oneof![3 => "[A-Za-z0-9._*?-]{1,12}", 1 => noisy_text()];
+    (
+        option::of(vec(pattern(), 0..3)),
+        option::of(vec(pattern(), 0..3)),
+    )
+        .prop_map(|(include, exclude)| TargetDataSpec { include, exclude })
 }
 
 fn target_metadata() -> impl Strategy<Value = TargetMetadataSpec> {
@@ -596,17 +610,22 @@ fn replika_spec() -> BoxedStrategy<ReplikaSpec> {
         option::of(target_namespaces()),
         option::of(target_metadata()),
         option::of(policy()),
+        option::of(prop_oneof![subdomain(), noisy_text()]),
+        option::of(target_data()),
     )
-        .prop_map(|(time, source, namespaces, metadata, policy)| ReplikaSpec {
-            synchronization: SynchronizationSpec { time },
-            source,
-            target: TargetSpec {
-                namespaces,
-                metadata,
-                ..Default::default()
+        .prop_map(
+            |(time, source, namespaces, metadata, policy, name, data)| ReplikaSpec {
+                synchronization: SynchronizationSpec { time },
+                source,
+                target: TargetSpec {
+                    name,
+                    namespaces,
+                    metadata,
+                    data,
+                },
+                policy,
             },
-            policy,
-        })
+        )
         .boxed()
 }
 

@@ -33,7 +33,7 @@ use crate::api::{ANNOTATION_AUTHOR, ANNOTATION_AUTHOR_SIGNATURE, Replika};
 use crate::domain::access::Access;
 use crate::domain::attestation::{Attestation, AttestationProblem, Author, Signer};
 use crate::domain::validation::ReplikaPlan;
-use crate::sync;
+use crate::locks;
 
 /// How the API server names ServiceAccounts.
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
@@ -329,7 +329,7 @@ impl ReviewCache {
     ) -> Result<Vec<Access>, String> {
         let key = (subject, checks.to_vec());
         let (asked, answer) = {
-            let mut answers = sync::lock(&self.answers);
+            let mut answers = locks::lock(&self.answers);
             let fresh = |(asked, _): &(Instant, Answer)| asked.elapsed() < ANSWER_LIFETIME;
             match answers.get(&key).filter(|entry| fresh(entry)) {
                 Some(entry) => entry.clone(),
@@ -347,7 +347,7 @@ impl ReviewCache {
             // just landed counts at once), an error is no answer, and a "yes"
             // under RBAC that is not being followed, or asked while a change
             // may not have reached the authorizer, could be stale.
-            sync::lock(&self.answers).remove(&key);
+            locks::lock(&self.answers).remove(&key);
         }
         result
     }
@@ -366,12 +366,12 @@ impl ReviewCache {
     /// Whether an answer asked at `asked` came late enough after the last
     /// RBAC change to reflect it.
     fn settled_at(&self, asked: Instant) -> bool {
-        sync::lock(&self.last_change).is_none_or(|changed| asked >= changed + self.settling)
+        locks::lock(&self.last_change).is_none_or(|changed| asked >= changed + self.settling)
     }
 
     fn forget(&self) {
-        *sync::lock(&self.last_change) = Some(Instant::now());
-        sync::lock(&self.answers).clear();
+        *locks::lock(&self.last_change) = Some(Instant::now());
+        locks::lock(&self.answers).clear();
     }
 }
 

@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::sync::lock;
+use crate::locks::lock;
 
 /// Which Lease, held by whom, for how long.
 #[derive(Clone, Debug)]

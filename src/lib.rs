@@ -7,7 +7,7 @@
 //! - [`webhook`]: the admission webhooks and their HTTPS server.
 //! - [`authorization`]: the signing key, author attestations and access reviews both use.
 //! - [`leader`], [`health`], [`metrics`]: running several replicas, probes, Prometheus.
-//! - [`sync`]: locks that outlive a panic elsewhere.
+//! - [`locks`]: locks that outlive a panic elsewhere.
 
 pub mod api;
 pub mod authorization;
@@ -15,7 +15,7 @@ pub mod controller;
 pub mod domain;
 pub mod health;
 pub mod leader;
+pub mod locks;
 pub mod metrics;
 pub mod plugin;
-pub mod sync;
 pub mod webhook;

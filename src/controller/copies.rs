@@ -30,8 +30,8 @@ use crate::api::{
 };
 use crate::domain::copy::CopyTemplate;
 use crate::leader::Leadership;
+use crate::locks::lock;
 use crate::metrics::{CopyOperation, Metrics};
-use crate::sync::lock;
 
 /// What happened to one target namespace in a pass.
 #[derive(Clone, Debug, PartialEq, Eq)]

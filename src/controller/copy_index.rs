@@ -18,7 +18,7 @@ use kube::runtime::watcher::Event;
 use super::MANAGER;
 use crate::domain::copy::CopyMarks;
 use crate::domain::plan::Found;
-use crate::sync;
+use crate::locks;
 
 /// An object that may be, or collide with, a copy, as the metadata watch delivers it.
 pub type CopyMeta = PartialObjectMeta<DynamicObject>;
@@ -82,12 +82,12 @@ pub struct CopyIndex(Arc<RwLock<Records>>);
 impl CopyIndex {
     /// Every record, by namespace, as of now.
     pub fn snapshot(&self) -> Records {
-        sync::read(&self.0).clone()
+        locks::read(&self.0).clone()
     }
 
     /// Every record, as of now.
     pub fn all(&self) -> Vec<Arc<CopyRecord>> {
-        sync::read(&self.0).values().cloned().collect()
+        locks::read(&self.0).values().cloned().collect()
     }
 }
 
@@ -117,15 +117,15 @@ impl CopyIndexWriter {
                     .insert(record.namespace.clone(), record);
             }
             Event::InitDone => {
-                *sync::write(&self.index.0) = self.relisting.take().unwrap_or_default()
+                *locks::write(&self.index.0) = self.relisting.take().unwrap_or_default()
             }
             Event::Apply(object) => {
                 let record = record(object);
-                sync::write(&self.index.0).insert(record.namespace.clone(), record);
+                locks::write(&self.index.0).insert(record.namespace.clone(), record);
             }
             Event::Delete(object) => {
                 let namespace = object.metadata.namespace.as_deref().unwrap_or_default();
-                sync::write(&self.index.0).remove(namespace);
+                locks::write(&self.index.0).remove(namespace);
             }
         }
     }

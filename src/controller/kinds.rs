@@ -8,7 +8,7 @@ use kube::api::ApiResource;
 use kube::core::GroupVersionKind;
 use kube::discovery::{Scope, pinned_kind};
 
-use crate::sync;
+use crate::locks;
 
 /// A kind the API server serves.
 #[derive(Clone, Debug)]
@@ -67,12 +67,12 @@ impl KindCache {
             resource,
             namespaced: capabilities.scope == Scope::Namespaced,
         };
-        sync::lock(&self.served).insert(gvk.clone(), kind.clone());
+        locks::lock(&self.served).insert(gvk.clone(), kind.clone());
         Ok(kind)
     }
 
     fn cached(&self, gvk: &GroupVersionKind) -> Option<ServedKind> {
-        sync::lock(&self.served).get(gvk).cloned()
+        locks::lock(&self.served).get(gvk).cloned()
     }
 }
 

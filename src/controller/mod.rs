@@ -38,8 +38,8 @@ use crate::api::{ANNOTATION_AUTHOR, ANNOTATION_AUTHOR_SIGNATURE, Replika};
 use crate::authorization::Authorizer;
 use crate::health::Readiness;
 use crate::leader::Leadership;
+use crate::locks;
 use crate::metrics::{Metrics, ReconcileLabels};
-use crate::sync;
 pub use error::Error;
 
 /// Name used as field manager for every write and as the Events' reporting controller.
@@ -104,7 +104,7 @@ impl Context {
 
     /// Records how many copies of one Replika are in sync (`None`: it is gone).
     pub fn record_synced(&self, replika_uid: &str, synced: Option<u32>) {
-        let mut counts = sync::lock(&self.synced_copies);
+        let mut counts = locks::lock(&self.synced_copies);
         match synced {
             Some(count) => counts.insert(replika_uid.to_string(), count),
             None => counts.remove(replika_uid),

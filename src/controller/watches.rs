@@ -28,7 +28,7 @@ use super::copies::WrittenVersions;
 use super::copy_index::{CopyIndex, CopyIndexWriter, CopyMeta};
 use crate::api::Replika;
 use crate::domain::validation::SourceRef;
-use crate::sync::lock;
+use crate::locks::lock;
 
 /// Reconcile requests fired by watches.
 pub type Trigger = mpsc::UnboundedSender<ObjectRef<Replika>>;

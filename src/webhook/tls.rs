@@ -17,7 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{info, warn};
 
-use crate::sync;
+use crate::locks;
 
 /// File names used by cert-manager and `kubernetes.io/tls` Secrets.
 pub const CERT_FILE: &str = "tls.crt";
@@ -70,11 +70,11 @@ impl CertResolver {
     }
 
     pub fn replace(&self, key: CertifiedKey) {
-        *sync::write(&self.0) = Arc::new(key);
+        *locks::write(&self.0) = Arc::new(key);
     }
 
     fn current(&self) -> Arc<CertifiedKey> {
-        sync::read(&self.0).clone()
+        locks::read(&self.0).clone()
     }
 }
 

@@ -84,3 +84,13 @@ pub fn display(gvk: &GroupVersionKind) -> String {
         format!("{}.{}.{}", gvk.kind, gvk.version, gvk.group)
     }
 }
+
+/// Why a cluster-scoped kind (named as the reader knows it) cannot be replicated.
+pub fn cluster_scoped(kind: &str) -> String {
+    format!("{kind} is cluster-scoped; only namespaced kinds can be replicated")
+}
+
+/// The problem reported for a Replika whose source kind is cluster-scoped.
+pub fn cluster_scoped_problem(gvk: &GroupVersionKind) -> String {
+    format!("spec.source.kind: {}", cluster_scoped(&display(gvk)))
+}

@@ -4,8 +4,6 @@
 
 use std::collections::BTreeSet;
 
-use super::names::is_glob;
-use super::targets::DEFAULT_NAMESPACE;
 use super::validation::ReplikaPlan;
 
 /// The verbs a Replika's author needs in every target namespace.
@@ -54,15 +52,10 @@ pub fn author_checks(plan: &ReplikaPlan, group: &str, resource: &str) -> Vec<Acc
         Some(plan.source.namespace.clone()),
         Some(plan.source.name.clone()),
     )];
-    let rule = &plan.targets;
-    let cluster_wide =
-        rule.match_all || rule.selector.is_some() || rule.replicate_in.iter().any(|p| is_glob(p));
-    let namespaces: BTreeSet<Option<String>> = if cluster_wide {
-        BTreeSet::from([None])
-    } else if rule.replicate_in.is_empty() {
-        BTreeSet::from([Some(DEFAULT_NAMESPACE.to_string())])
-    } else {
-        rule.replicate_in.iter().cloned().map(Some).collect()
+    // A broad rule reaches namespaces that do not exist yet: cluster-wide rights.
+    let namespaces: BTreeSet<Option<String>> = match plan.targets.named_namespaces() {
+        None => BTreeSet::from([None]),
+        Some(named) => named.into_iter().map(Some).collect(),
     };
     for namespace in namespaces {
         for verb in AUTHOR_TARGET_VERBS {

@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::names::glob_matches;
+use super::names::{glob_matches, is_glob};
 use super::selector::selector_matches;
 use crate::api::{ANNOTATION_ACCEPT_FROM, LABEL_REPLICATION, REPLICATION_DISABLED};
 
@@ -69,6 +69,25 @@ impl<'a> NamespaceView<'a> {
 }
 
 impl TargetRule {
+    /// Whether the rule reaches namespaces it does not name (`matchAll`, a
+    /// selector, or a glob in `replicateIn`): such a rule counts as
+    /// cluster-wide, for the author's access and for overlaps alike.
+    pub fn is_broad(&self) -> bool {
+        self.match_all || self.selector.is_some() || self.replicate_in.iter().any(|p| is_glob(p))
+    }
+
+    /// The namespaces a rule that is not broad names (`"default"` when it
+    /// names none); `None` for a broad rule.
+    pub fn named_namespaces(&self) -> Option<BTreeSet<String>> {
+        if self.is_broad() {
+            None
+        } else if self.replicate_in.is_empty() {
+            Some(BTreeSet::from([DEFAULT_NAMESPACE.to_string()]))
+        } else {
+            Some(self.replicate_in.iter().cloned().collect())
+        }
+    }
+
     /// Whether `namespace` is a target of a Replika whose source lives in `source_namespace`.
     pub fn targets(&self, namespace: NamespaceView<'_>, source_namespace: &str) -> bool {
         let in_base = if self.match_all {
@@ -188,6 +207,28 @@ mod tests {
             cluster.select(&rule, "default"),
             strings(&["team-a", "team-b"])
         );
+    }
+
+    #[test]
+    fn broad_rules_name_no_namespaces() {
+        let named = |rule: TargetRule| rule.named_namespaces().map(Vec::from_iter);
+        let listed = |names: &[&str]| TargetRule {
+            replicate_in: strings(names),
+            ..TargetRule::default()
+        };
+        assert_eq!(named(listed(&[])), Some(strings(&["default"])));
+        assert_eq!(named(listed(&["b", "a"])), Some(strings(&["a", "b"])));
+        assert_eq!(named(listed(&["a", "team-*"])), None);
+        let all = TargetRule {
+            match_all: true,
+            ..TargetRule::default()
+        };
+        assert_eq!(named(all), None);
+        let selected = TargetRule {
+            selector: Some(LabelSelector::default()),
+            ..TargetRule::default()
+        };
+        assert_eq!(named(selected), None);
     }
 
     #[test]

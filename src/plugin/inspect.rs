@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::api::{CopiesIdentity, Replika};
 use crate::controller::copies::{describe, is_immutable_rejection};
+use crate::controller::kinds::cluster_scoped;
 use crate::controller::previous_copies;
 use crate::domain::copy::{CopyMarks, CopyTemplate, Owner};
 use crate::domain::plan::{Action, Found, Observed, Planned, Scope, plan_namespaces};
@@ -178,10 +179,7 @@ async fn resolve(client: &Client, gvk: &GroupVersionKind) -> anyhow::Result<ApiR
         )
     })?;
     if capabilities.scope != KindScope::Namespaced {
-        bail!(
-            "{} is cluster-scoped; only namespaced kinds can be replicated",
-            gvk.kind
-        );
+        bail!(cluster_scoped(&gvk.kind));
     }
     Ok(resource)
 }

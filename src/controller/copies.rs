@@ -1,5 +1,8 @@
 //! Writes copies into target namespaces, and removes or releases them.
 //!
+//! [`CopyWriter::sync`] brings one copy in line as a loop: the domain's
+//! [`next_step`] names the next request from what is known of the copy, the
+//! writer makes it and records what the answer taught, and asks again.
 //! A copy that does not exist yet is created with POST, which fails rather than
 //! touch an object that appeared meanwhile; every later write is a forced
 //! server-side apply carrying the copy's UID as a precondition, so it only ever
@@ -24,11 +27,14 @@ use tracing::debug;
 
 use super::MANAGER;
 use super::copy_index::CopyRecord;
+use crate::api::ConflictPolicy;
 use crate::api::{
     ANNOTATION_CONTENT_HASH, ANNOTATION_OWNER, ANNOTATION_OWNER_UID, LABEL_CREATED_BY,
     LABEL_PART_OF,
 };
-use crate::domain::copy::CopyTemplate;
+use crate::domain::copy::{CopyTemplate, Owner};
+use crate::domain::plan::Scope;
+use crate::domain::sync_steps::{Progress, SyncStep, Written, next_step};
 use crate::leader::Leadership;
 use crate::locks::lock;
 use crate::metrics::{CopyOperation, Metrics};
@@ -57,11 +63,6 @@ impl Outcome {
         )
     }
 
-    /// A write this replica refused because it no longer leads.
-    fn not_leading() -> Self {
-        Outcome::NotLeading
-    }
-
     /// What a failed request means for the copy: a refusal for lack of
     /// leadership (made by our own client layer, see [`CopyWriter`]), or a failure.
     pub fn from_error(error: &kube::Error) -> Self {
@@ -88,16 +89,6 @@ pub fn is_immutable_rejection(status: &kube::core::Status) -> bool {
 #[derive(Default)]
 pub struct WrittenVersions(Mutex<HashMap<(String, String), Written>>);
 
-/// What our last writes to one copy left behind.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Written {
-    /// The resource version of our latest write.
-    latest: String,
-    /// The version our create left, when our ownership upgrade (which changes
-    /// no content) followed it: its watch echo may still be on the way.
-    created: Option<String>,
-}
-
 impl WrittenVersions {
     fn get(&self, owner_uid: &str, namespace: &str) -> Option<Written> {
         self.lock()
@@ -105,7 +96,7 @@ impl WrittenVersions {
             .cloned()
     }
 
-    fn set(&self, owner_uid: &str, namespace: &str, resource_version: Option<String>) {
+    pub(super) fn set(&self, owner_uid: &str, namespace: &str, resource_version: Option<String>) {
         let key = (owner_uid.to_string(), namespace.to_string());
         match resource_version {
             Some(latest) => self.lock().insert(
@@ -143,9 +134,8 @@ impl WrittenVersions {
         ) else {
             return false;
         };
-        self.get(owner_uid, namespace).is_some_and(|written| {
-            written.latest == version || written.created.as_deref() == Some(version)
-        })
+        self.get(owner_uid, namespace)
+            .is_some_and(|written| written.is_ours(version))
     }
 
     /// Drops everything remembered for one Replika.
@@ -156,6 +146,17 @@ impl WrittenVersions {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Written>> {
         lock(&self.0)
     }
+}
+
+/// The most requests one copy's sync makes (a replacement after a stale
+/// cache and a verification takes six); beyond, the next pass tries again.
+const MAX_STEPS: usize = 8;
+
+/// Whose copies a pass writes and which objects it may take over.
+pub struct SyncRules<'a> {
+    pub owner: &'a Owner,
+    pub conflict: ConflictPolicy,
+    pub scope: &'a Scope,
 }
 
 /// Why a write found no copy: the next pass creates it.
@@ -193,86 +194,132 @@ impl CopyWriter<'_> {
         }
     }
 
-    /// Brings `existing`, a copy we own, in line with `template`, writing only what differs.
-    pub async fn sync_owned(&self, existing: &CopyRecord, template: &CopyTemplate) -> Outcome {
-        self.sync_owned_as_seen(existing, template, true).await
-    }
-
-    /// [`Self::sync_owned`]. When `may_read` and the cache cannot tell (the copy
-    /// is at a version we did not write, or the cache proves out of date), the
-    /// copy is read once rather than written blindly.
-    async fn sync_owned_as_seen(
+    /// Brings the copy in `namespace` in line with `template`, starting from
+    /// what the cache shows there (`cached`), writing only what differs.
+    pub async fn sync(
         &self,
-        existing: &CopyRecord,
+        namespace: &str,
+        cached: Option<&CopyRecord>,
         template: &CopyTemplate,
-        may_read: bool,
+        rules: &SyncRules<'_>,
     ) -> Outcome {
-        if !self.leadership.is_valid() {
-            return Outcome::not_leading();
-        }
-        let namespace = &existing.namespace;
-        let written = self
-            .written
-            .get(self.owner_uid, namespace)
-            .unwrap_or_default();
-        let version = &existing.resource_version;
-        // A cache still showing our create, though we upgraded it since.
-        let superseded = written.created.as_ref() == Some(version);
-        let untouched = superseded || written.latest == *version;
-        let marked_current =
-            existing.marks.content_hash.as_deref() == Some(template.content_hash());
-        if marked_current && !untouched && may_read {
-            // Marked current, at a version someone else wrote (a previous
-            // leader, or a hand edit): look before writing.
-            return self.verify(existing, template).await;
-        }
-        let mut current = existing.clone();
-        if !superseded && let Some(index) = existing.create_entry {
-            match self.upgrade_ownership(existing, index).await {
-                Ok(upgraded) => {
-                    if untouched {
-                        self.written
-                            .set(self.owner_uid, namespace, upgraded.clone());
+        let mut copy = cached.cloned();
+        let mut progress = Progress::default();
+        let mut replacing = false;
+        for _ in 0..MAX_STEPS {
+            if !self.leadership.is_valid() {
+                return Outcome::NotLeading;
+            }
+            let written = self
+                .written
+                .get(self.owner_uid, namespace)
+                .unwrap_or_default();
+            let next = next_step(
+                copy.as_ref().map(CopyRecord::facts),
+                &written,
+                template.content_hash(),
+                rules.owner,
+                rules.conflict,
+                rules.scope,
+                progress,
+            );
+            let learnt = match (next, copy.as_mut()) {
+                (SyncStep::InSync, _) => return Outcome::InSync,
+                (SyncStep::Conflict(why), _) => return Outcome::Conflict(why),
+                (SyncStep::Wait(why), _) => return Outcome::Failed(why),
+                (SyncStep::Create, _) => match self.create(namespace, template).await {
+                    Ok(()) if replacing => {
+                        self.metrics.observe_write(CopyOperation::Replace);
+                        return Outcome::Replaced;
                     }
-                    current.resource_version = upgraded.unwrap_or_default();
-                }
-                // Our cache may lag behind the copy: look at it as it is now.
-                Err(kube::Error::Api(_)) if may_read => {
-                    return match self.read(namespace, &existing.name).await {
+                    Ok(()) => return Outcome::Created,
+                    Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                        progress.cache_stale = true;
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                },
+                (SyncStep::Reread | SyncStep::ReadFirst, _) => {
+                    progress.read = true;
+                    progress.cache_stale = false;
+                    match self.read(namespace, template).await {
                         Ok(Some(now)) => {
-                            Box::pin(self.sync_owned_as_seen(&now, template, false)).await
+                            copy = Some(now);
+                            Ok(())
                         }
-                        Ok(None) => Outcome::Failed(COPY_DELETED.into()),
-                        Err(error) => Outcome::from_error(&error),
-                    };
+                        // Gone again already: the next pass creates it.
+                        Ok(None) => return Outcome::Failed(COPY_DELETED.into()),
+                        Err(error) => Err(error),
+                    }
                 }
-                Err(error) => return Outcome::from_error(&error),
+                (SyncStep::UpgradeOwnership, Some(current)) => {
+                    let index = current.create_entry.unwrap_or_default();
+                    match self.upgrade_ownership(current, index).await {
+                        Ok(upgraded) => {
+                            if written.is_ours(&current.resource_version) {
+                                self.written
+                                    .set(self.owner_uid, namespace, upgraded.clone());
+                            }
+                            current.resource_version = upgraded.unwrap_or_default();
+                            current.create_entry = None;
+                            Ok(())
+                        }
+                        // Our cache may lag behind the copy: look at it as it is now.
+                        Err(kube::Error::Api(_)) if !progress.read => {
+                            progress.cache_stale = true;
+                            Ok(())
+                        }
+                        Err(error) => Err(error),
+                    }
+                }
+                (SyncStep::Apply, Some(current)) => match self.apply(current, template).await {
+                    Ok(changed) if changed => {
+                        self.metrics.observe_write(CopyOperation::Update);
+                        return Outcome::Updated;
+                    }
+                    Ok(_) => return Outcome::InSync,
+                    Err(kube::Error::Api(status)) if is_immutable_rejection(&status) => {
+                        progress.refused_as_immutable = true;
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                },
+                (SyncStep::Replace, Some(current)) => match self.delete(current).await {
+                    Ok(()) => {
+                        copy = None;
+                        replacing = true;
+                        progress.refused_as_immutable = false;
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                },
+                (SyncStep::UpgradeOwnership | SyncStep::Apply | SyncStep::Replace, None) => {
+                    return Outcome::Failed(
+                        "internal error: a write was planned for a copy that is not there".into(),
+                    );
+                }
+            };
+            if let Err(error) = learnt {
+                return Outcome::from_error(&error);
             }
         }
-        if untouched && marked_current {
-            Outcome::InSync
-        } else {
-            self.update(&current, template).await
-        }
+        Outcome::Failed(format!(
+            "the copy did not settle within {MAX_STEPS} requests; the next pass tries again"
+        ))
     }
 
-    /// Reads the whole of `existing`: a copy that holds the template is
-    /// recorded as ours at its version, and only written if its field
-    /// ownership still needs the upgrade; any other is applied.
-    async fn verify(&self, existing: &CopyRecord, template: &CopyTemplate) -> Outcome {
-        let namespace = &existing.namespace;
-        let object = match self.api(namespace).get_opt(&existing.name).await {
-            Ok(Some(object)) => object,
-            Ok(None) => return Outcome::Failed(COPY_DELETED.into()),
-            Err(error) => return Outcome::from_error(&error),
+    /// The copy in `namespace` as it is now, if there is one; recorded as our
+    /// own write when it holds the template, so that it is not written.
+    async fn read(
+        &self,
+        namespace: &str,
+        template: &CopyTemplate,
+    ) -> Result<Option<CopyRecord>, kube::Error> {
+        let Some(object) = self.api(namespace).get_opt(template.name()).await? else {
+            return Ok(None);
         };
         let now = CopyRecord::from_metadata(&object.metadata);
-        let body = match serde_json::to_value(&object) {
-            Ok(body) => body,
-            Err(error) => {
-                return Outcome::Failed(format!("the copy cannot be read as JSON: {error}"));
-            }
-        };
+        let body = serde_json::to_value(&object).map_err(kube::Error::SerdeError)?;
         if template.is_held_by(&body, namespace) {
             self.written.set(
                 self.owner_uid,
@@ -280,13 +327,7 @@ impl CopyWriter<'_> {
                 Some(now.resource_version.clone()),
             );
         }
-        Box::pin(self.sync_owned_as_seen(&now, template, false)).await
-    }
-
-    /// The copy in `namespace` as it is now, if there is one.
-    async fn read(&self, namespace: &str, name: &str) -> Result<Option<CopyRecord>, kube::Error> {
-        let found = self.api(namespace).get_metadata_opt(name).await?;
-        Ok(found.map(|object| CopyRecord::from_metadata(&object.metadata)))
+        Ok(Some(now))
     }
 
     /// Upgrades the ownership of every copy this writer created, `parallel`
@@ -349,107 +390,50 @@ impl CopyWriter<'_> {
         Ok(patched.resource_version())
     }
 
-    /// Creates the copy in `namespace`; an object already there is reported as a conflict.
-    pub async fn create(&self, namespace: &str, template: &CopyTemplate) -> Outcome {
-        if !self.leadership.is_valid() {
-            return Outcome::not_leading();
-        }
-        let body = template.for_namespace(namespace);
-        let object: DynamicObject = match serde_json::from_value(body) {
-            Ok(object) => object,
-            Err(error) => return Outcome::Failed(format!("cannot build the copy: {error}")),
-        };
+    /// Creates the copy in `namespace`, failing if an object is already there.
+    async fn create(&self, namespace: &str, template: &CopyTemplate) -> Result<(), kube::Error> {
+        self.may_write()?;
+        let object: DynamicObject = serde_json::from_value(template.for_namespace(namespace))
+            .map_err(kube::Error::SerdeError)?;
         let params = PostParams {
             field_manager: Some(MANAGER.into()),
             ..Default::default()
         };
-        match self.api(namespace).create(&params, &object).await {
-            Ok(created) => {
-                let record = CopyRecord::from_metadata(&created.metadata);
-                self.written.set(
-                    self.owner_uid,
-                    namespace,
-                    Some(record.resource_version.clone()),
-                );
-                if record.create_entry.is_some() {
-                    lock(&self.created).push(record);
-                }
-                self.metrics.observe_write(CopyOperation::Create);
-                Outcome::Created
-            }
-            Err(kube::Error::Api(status)) if status.is_already_exists() => {
-                self.sync_existing(namespace, &object.name_any(), template)
-                    .await
-            }
-            Err(error) => Outcome::from_error(&error),
+        let created = self.api(namespace).create(&params, &object).await?;
+        let record = CopyRecord::from_metadata(&created.metadata);
+        self.written.set(
+            self.owner_uid,
+            namespace,
+            Some(record.resource_version.clone()),
+        );
+        if record.create_entry.is_some() {
+            lock(&self.created).push(record);
         }
+        self.metrics.observe_write(CopyOperation::Create);
+        Ok(())
     }
 
-    /// The object a create found in the way: our own copy (the cache had not
-    /// seen it yet) is brought in line; anyone else's is a conflict.
-    async fn sync_existing(&self, namespace: &str, name: &str, template: &CopyTemplate) -> Outcome {
-        let existing = match self.read(namespace, name).await {
-            Ok(Some(existing)) => existing,
-            // Gone again already: the next pass creates it.
-            Ok(None) => return Outcome::Failed(COPY_DELETED.into()),
-            Err(error) => return Outcome::from_error(&error),
-        };
-        let ours = existing.marks.created_by_replika
-            && existing.marks.owner_uid.as_deref() == Some(self.owner_uid);
-        if ours {
-            // Boxed: syncing may replace the copy, which creates it again.
-            Box::pin(self.sync_owned(&existing, template)).await
-        } else {
-            Outcome::Conflict("an object with this name was created by someone else".into())
-        }
-    }
-
-    /// Applies `template` over `existing` (ours, or one being adopted), replacing it
-    /// when it is immutable and its content changed. An apply that changed
-    /// nothing (the copy was right, we just did not know it) is no write.
-    pub async fn update(&self, existing: &CopyRecord, template: &CopyTemplate) -> Outcome {
-        if !self.leadership.is_valid() {
-            return Outcome::not_leading();
-        }
+    /// Applies `template` over `existing` (ours, or one being adopted); whether
+    /// that changed the object (an apply that changed nothing is no write).
+    async fn apply(
+        &self,
+        existing: &CopyRecord,
+        template: &CopyTemplate,
+    ) -> Result<bool, kube::Error> {
+        self.may_write()?;
         let namespace = &existing.namespace;
         let mut body = template.for_namespace(namespace);
         // The UID makes the apply fail instead of landing on a same-named newcomer.
         body["metadata"]["uid"] = Value::String(existing.uid.clone());
         let params = PatchParams::apply(MANAGER).force();
-        match self
+        let applied = self
             .api(namespace)
             .patch(&existing.name, &params, &Patch::Apply(&body))
-            .await
-        {
-            Ok(applied) => {
-                let version = applied.resource_version();
-                let changed = version.as_ref() != Some(&existing.resource_version);
-                self.written.set(self.owner_uid, namespace, version);
-                if changed {
-                    self.metrics.observe_write(CopyOperation::Update);
-                    Outcome::Updated
-                } else {
-                    Outcome::InSync
-                }
-            }
-            Err(kube::Error::Api(status)) if is_immutable_rejection(&status) => {
-                self.replace(existing, template).await
-            }
-            Err(error) => Outcome::from_error(&error),
-        }
-    }
-
-    async fn replace(&self, existing: &CopyRecord, template: &CopyTemplate) -> Outcome {
-        match self.delete(existing).await {
-            Ok(()) => match self.create(&existing.namespace, template).await {
-                Outcome::Created => {
-                    self.metrics.observe_write(CopyOperation::Replace);
-                    Outcome::Replaced
-                }
-                other => other,
-            },
-            Err(error) => Outcome::from_error(&error),
-        }
+            .await?;
+        let version = applied.resource_version();
+        let changed = version.as_ref() != Some(&existing.resource_version);
+        self.written.set(self.owner_uid, namespace, version);
+        Ok(changed)
     }
 
     /// Deletes `existing`, only if it is still the object we saw.
@@ -527,7 +511,7 @@ mod tests {
     fn a_write_refused_for_lost_leadership_is_a_refusal_whatever_its_message() {
         let refused = kube::Error::Service(Box::new(NotLeading));
         assert!(Outcome::from_error(&refused).is_refusal());
-        assert!(Outcome::not_leading().is_refusal());
+        assert!(Outcome::NotLeading.is_refusal());
         let other = kube::Error::Service("connection reset".into());
         assert!(!Outcome::from_error(&other).is_refusal());
         // A failure that merely says the same words is still a failure.

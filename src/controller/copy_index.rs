@@ -18,6 +18,7 @@ use kube::runtime::watcher::Event;
 use super::MANAGER;
 use crate::domain::copy::CopyMarks;
 use crate::domain::plan::Found;
+use crate::domain::sync_steps::CopyFacts;
 use crate::locks;
 
 /// An object that may be, or collide with, a copy, as the metadata watch delivers it.
@@ -62,6 +63,15 @@ impl CopyRecord {
             namespace: &self.namespace,
             marks: &self.marks,
             deleting: self.deleting,
+        }
+    }
+
+    /// What the domain's sync steps need to know of it.
+    pub fn facts(&self) -> CopyFacts<'_> {
+        CopyFacts {
+            found: self.found(),
+            resource_version: &self.resource_version,
+            needs_ownership_upgrade: self.create_entry.is_some(),
         }
     }
 }

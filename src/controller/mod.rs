@@ -15,6 +15,8 @@ pub mod error;
 pub mod kinds;
 pub mod previous_copies;
 pub mod reconcile;
+#[cfg(test)]
+mod request_sequences;
 pub mod status;
 pub mod watches;
 

@@ -14,19 +14,17 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::{info, warn};
 
-use super::copies::{CopyWriter, Outcome, describe};
+use super::copies::{CopyWriter, Outcome, SyncRules, describe};
 use super::copy_index::{CopyIndex, CopyRecord};
 use super::kinds::{KindError, ServedKind, display};
 use super::previous_copies;
 use super::status::{Blocked, PassResult, next_status, publish};
 use super::watches::{CopyCacheKey, WatchView};
 use super::{Context, Error};
-use crate::api::{
-    ConflictPolicy, FINALIZER, LEGACY_FINALIZER, Replika, ReplikaDeletedPolicy, SourceDeletedPolicy,
-};
+use crate::api::{FINALIZER, LEGACY_FINALIZER, Replika, ReplikaDeletedPolicy, SourceDeletedPolicy};
 use crate::domain::access::author_checks;
 use crate::domain::copy::{CopyTemplate, Owner, Ownership};
-use crate::domain::plan::{Scope, Step, is_stale, step};
+use crate::domain::plan::{Scope, is_stale};
 use crate::domain::targets::NamespaceView;
 use crate::domain::validation::{ReplikaPlan, validate};
 
@@ -216,26 +214,20 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let scope = scope_of(replika, &plan, ctx);
     let existing = caches.copies.store.snapshot();
 
+    let rules = SyncRules {
+        owner: &owner,
+        conflict: plan.policy.conflict,
+        scope: &scope,
+    };
     let source_changed_at = caches.source.health.last_change();
     let outcomes: BTreeMap<String, Outcome> = stream::iter(scope.targets.iter().cloned())
         .map(|namespace| {
             let found = existing.get(&namespace).cloned();
-            let (writer, template, owner, scope) = (&writer, &template, &owner, &scope);
+            let (writer, template, rules) = (&writer, &template, &rules);
             async move {
-                let outcome = match found.as_deref() {
-                    None => writer.create(&namespace, template).await,
-                    Some(existing) => {
-                        sync_one(
-                            writer,
-                            existing,
-                            template,
-                            owner,
-                            plan.policy.conflict,
-                            scope,
-                        )
-                        .await
-                    }
-                };
+                let outcome = writer
+                    .sync(&namespace, found.as_deref(), template, rules)
+                    .await;
                 if let (Outcome::Created | Outcome::Updated | Outcome::Replaced, Some(changed)) =
                     (&outcome, source_changed_at)
                 {
@@ -390,24 +382,6 @@ async fn open_caches(
         source,
         copies,
     }))
-}
-
-/// Brings the object found in one target namespace in line with the template,
-/// as the domain's [`step`] decides.
-async fn sync_one(
-    writer: &CopyWriter<'_>,
-    existing: &CopyRecord,
-    template: &CopyTemplate,
-    owner: &Owner,
-    conflict: ConflictPolicy,
-    scope: &Scope,
-) -> Outcome {
-    match step(existing.found(), owner, conflict, scope) {
-        Step::Sync => writer.sync_owned(existing, template).await,
-        Step::Adopt => writer.update(existing, template).await,
-        Step::Conflict(why) => Outcome::Conflict(why),
-        Step::Wait(why) => Outcome::Failed(why),
-    }
 }
 
 /// How many copies a prune removed, and how many it could not.

@@ -120,6 +120,11 @@ impl CopyTemplate {
         Ok(CopyTemplate { body, content_hash })
     }
 
+    /// The copies' name.
+    pub fn name(&self) -> &str {
+        self.body["metadata"]["name"].as_str().unwrap_or_default()
+    }
+
     /// Digest of the copied content; the same for every namespace.
     pub fn content_hash(&self) -> &str {
         &self.content_hash

@@ -9,5 +9,6 @@ pub mod duration;
 pub mod names;
 pub mod plan;
 pub mod selector;
+pub mod sync_steps;
 pub mod targets;
 pub mod validation;

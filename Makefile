@@ -102,14 +102,14 @@ BUNDLE_DIR ?= target/bundle
 bundle:
 	tools/bundle.sh $(BUNDLE_DIR)
 
-# Builds what tests/install.rs runs, pinned in tools/versions.env, once into the
+# Builds what tests/install/ runs, pinned in tools/versions.env, once into the
 # cache: Helm, and cert-manager's controller and cainjector (a few minutes
 # each cold on 2 cores; instant afterwards).
 install-tools:
 	tools/build-helm.sh >/dev/null
 	tools/build-cert-manager.sh >/dev/null
 
-## Benchmark (SPEC §6; docs/benchmarks.md) ###################################
+## Benchmark (docs/benchmarks.md) #############################################
 
 .PHONY: bench bench-smoke
 

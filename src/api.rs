@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 
 /// The prefix of every label and annotation key Replika sets.
 pub const REPLIKA_KEY_PREFIX: &str = "replika.prosimcorp.com/";
-/// Label put on every copy; the seed operator's value, kept for compatibility.
+/// Label put on every copy; the earlier Go operator's value, kept for compatibility.
 pub const LABEL_CREATED_BY: &str = "replika.prosimcorp.com/created-by";
 /// Value of [`LABEL_CREATED_BY`].
 pub const CREATED_BY_VALUE: &str = "replika-controller";
-/// Label naming the owning Replika (name only, as the seed did).
+/// Label naming the owning Replika (name only, as the earlier Go operator did).
 pub const LABEL_PART_OF: &str = "replika.prosimcorp.com/part-of";
 /// Annotation naming the owning Replika as `namespace/name`.
 pub const ANNOTATION_OWNER: &str = "replika.prosimcorp.com/owner";
@@ -188,7 +188,7 @@ pub enum SourceDeletedPolicy {
 /// What happens to the copies when the Replika is deleted.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReplikaDeletedPolicy {
-    /// Remove the copies (the seed's behaviour).
+    /// Remove the copies (the earlier Go operator's behaviour).
     #[default]
     Delete,
     /// Leave the copies in place, no longer managed.
@@ -221,7 +221,7 @@ pub struct EffectivePolicy {
 pub struct ReplikaStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `SourceSynced` (the seed's condition) and `Ready`.
+    /// `SourceSynced` (the earlier Go operator's condition) and `Ready`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

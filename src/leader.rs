@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::locks::lock;
+use crate::shutdown::Shutdown;
 
 /// Which Lease, held by whom, for how long.
 #[derive(Clone, Debug)]
@@ -92,14 +93,14 @@ impl Default for Leadership {
     }
 }
 
-/// Runs `engine` whenever this process leads, until `stop` turns true. `engine`
+/// Runs `engine` whenever this process leads, until `shutdown` starts. `engine`
 /// gets the [`Leadership`] its writes must check, and a future that resolves
 /// when it must stop (shutdown, or leadership lost). On shutdown the Lease is
 /// released. `on_leadership` hears every change.
 pub async fn run_while_leading<E, F>(
     client: Client,
     settings: LeaseSettings,
-    mut stop: watch::Receiver<bool>,
+    shutdown: &Shutdown,
     mut on_leadership: impl FnMut(bool),
     mut engine: E,
 ) where
@@ -124,21 +125,21 @@ pub async fn run_while_leading<E, F>(
     let mut leading = leading_rx;
     loop {
         tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => break,
+            () = shutdown.started() => break,
             became = leading.wait_for(|leading| *leading) => if became.is_err() { break },
         }
         info!(identity = %settings.identity, lease = %settings.name, "leading: starting the engine");
         on_leadership(true);
-        let (mut until_lost, mut until_stop) = (leading.clone(), stop.clone());
+        let (mut until_lost, until_shutdown) = (leading.clone(), shutdown.started());
         let must_stop = Box::pin(async move {
             tokio::select! {
                 _ = until_lost.wait_for(|leading| !*leading) => {}
-                _ = until_stop.wait_for(|stop| *stop) => {}
+                () = until_shutdown => {}
             }
         });
         engine(leadership.clone(), must_stop).await;
         on_leadership(false);
-        if *stop.borrow() {
+        if shutdown.has_started() {
             break;
         }
         warn!(identity = %settings.identity, "lost the Lease: engine stopped until this process leads again");

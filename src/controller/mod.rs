@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
+use futures::stream::poll_fn;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
@@ -38,14 +39,21 @@ use tracing::{info, warn};
 
 use crate::api::{ANNOTATION_AUTHOR, ANNOTATION_AUTHOR_SIGNATURE, Replika};
 use crate::authorization::Authorizer;
-use crate::health::Readiness;
 use crate::leader::Leadership;
 use crate::locks;
 use crate::metrics::{Metrics, ReconcileLabels};
+use crate::operations::Readiness;
 pub use error::Error;
 
 /// Name used as field manager for every write and as the Events' reporting controller.
 pub const MANAGER: &str = "replika";
+
+/// How many copies one Replika writes at once, unless told otherwise
+/// (`replika run --max-parallel-writes`).
+pub const DEFAULT_MAX_PARALLEL_WRITES: usize = 32;
+/// How many Replikas are reconciled at once, unless told otherwise
+/// (`replika run --max-parallel-replikas`).
+pub const DEFAULT_MAX_PARALLEL_REPLIKAS: u16 = 4;
 
 /// Tunables of the engine.
 #[derive(Clone, Debug)]
@@ -61,8 +69,8 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            max_parallel_writes: 32,
-            max_parallel_replikas: 4,
+            max_parallel_writes: DEFAULT_MAX_PARALLEL_WRITES,
+            max_parallel_replikas: DEFAULT_MAX_PARALLEL_REPLIKAS,
             leadership: Leadership::always(),
         }
     }
@@ -120,7 +128,8 @@ impl Context {
 /// What the engine reports to the rest of the process.
 pub struct Telemetry {
     pub metrics: Arc<Metrics>,
-    /// Set once the namespace and Replika caches have their first full list.
+    /// Its `engine` flag, written only by the engine: set while the
+    /// namespace and Replika caches hold a full, live list.
     pub ready: Arc<Readiness>,
 }
 
@@ -132,14 +141,10 @@ pub async fn run(
     telemetry: Telemetry,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
-    let (namespace_tx, namespace_rx) = mpsc::unbounded_channel();
+    let (trigger_tx, mut trigger_rx) = mpsc::unbounded_channel();
+    let (namespace_tx, mut namespace_rx) = mpsc::unbounded_channel();
     let (namespaces, namespace_writer) = watches::NamespaceCache::new();
-    let health = Arc::new(EngineHealth {
-        replikas: AtomicBool::new(false),
-        namespaces: AtomicBool::new(false),
-        readiness: telemetry.ready.clone(),
-    });
+    let health = Arc::new(EngineHealth::new(telemetry.ready.clone()));
     let namespace_task = tokio::spawn(watch_namespaces(
         client.clone(),
         namespaces.clone(),
@@ -184,8 +189,8 @@ pub async fn run(
     let metrics = telemetry.metrics;
     controller
         .with_config(kube::runtime::Config::default().concurrency(settings.max_parallel_replikas))
-        .reconcile_on(receiver_stream(trigger_rx))
-        .reconcile_all_on(receiver_stream(namespace_rx))
+        .reconcile_on(poll_fn(move |cx| trigger_rx.poll_recv(cx)))
+        .reconcile_all_on(poll_fn(move |cx| namespace_rx.poll_recv(cx)))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, context)
         .for_each(|result| {
@@ -270,6 +275,17 @@ struct EngineHealth {
 }
 
 impl EngineHealth {
+    /// A new engine's caches are empty: not ready (a leader that leads again
+    /// must not be ready on the caches of its previous term).
+    fn new(readiness: Arc<Readiness>) -> Self {
+        readiness.engine.set(false);
+        EngineHealth {
+            replikas: AtomicBool::new(false),
+            namespaces: AtomicBool::new(false),
+            readiness,
+        }
+    }
+
     fn replikas_listed(&self, listed: bool) {
         self.replikas.store(listed, Ordering::Release);
         self.publish();
@@ -296,8 +312,4 @@ impl EngineHealth {
         }
         self.readiness.engine.set(ready);
     }
-}
-
-fn receiver_stream<T>(mut receiver: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }

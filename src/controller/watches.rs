@@ -63,11 +63,6 @@ impl NamespaceCache {
     pub fn all(&self) -> Vec<Arc<PartialObjectMeta<Namespace>>> {
         self.store.state()
     }
-
-    /// The underlying store, for waiting on its first list.
-    pub fn store(&self) -> Store<PartialObjectMeta<Namespace>> {
-        self.store.clone()
-    }
 }
 
 /// A watch failure worth telling the user about.

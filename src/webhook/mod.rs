@@ -25,8 +25,8 @@ use tracing::warn;
 
 use crate::api::Replika;
 use crate::authorization::Authorizer;
-use crate::health::Readiness;
 use crate::metrics::Metrics;
+use crate::operations::Readiness;
 
 /// Where the serving certificate comes from.
 pub enum Certificates {

@@ -1,4 +1,7 @@
-//! The operations endpoint (plain HTTP): `/metrics`, `/healthz`, `/readyz`.
+//! The operations endpoint (plain HTTP): `/metrics`, `/healthz`, `/readyz`,
+//! and the readiness it reports. Named for what the logs and
+//! `tests/operations.rs` call it: it serves Prometheus metrics as well as the
+//! probes, so neither `health` nor `probes` says all it does.
 //!
 //! Ready means: not shutting down, the signing key loaded, every part this
 //! process runs has what it needs — the webhook its certificate and Replika
@@ -20,7 +23,7 @@ use tracing::info;
 
 use crate::metrics::Metrics;
 
-/// One condition of readiness, flipped by the part it belongs to.
+/// One condition of readiness, flipped by the one part it belongs to.
 #[derive(Debug, Default)]
 pub struct Flag(AtomicBool);
 
@@ -34,26 +37,55 @@ impl Flag {
     }
 }
 
-/// What `/readyz` is made of.
+/// Which parts this process runs: fixed at start, so that a part it does not
+/// run is never what keeps it unready.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Parts {
+    /// The admission webhooks are served.
+    pub webhook: bool,
+    /// The replication engine runs.
+    pub engine: bool,
+    /// The engine runs only while this process holds the Lease.
+    pub elected: bool,
+}
+
+/// What `/readyz` is made of. Each flag has exactly one writer, named on it.
 #[derive(Debug, Default)]
 pub struct Readiness {
-    /// The webhook serves a certificate and has listed the Replikas (true when no webhook runs).
+    parts: Parts,
+    /// The webhook serves a certificate and has listed the Replikas.
+    /// Written by [`crate::webhook::run`].
     pub webhook: Flag,
-    /// The engine's caches are synced, or this process is not the leader (true when no engine runs).
+    /// The engine's Replika and namespace caches hold a full, live list.
+    /// Written by [`crate::controller::run`], which clears it when it starts.
     pub engine: Flag,
+    /// This process holds the Lease (a follower has no caches to wait for).
+    /// Written by the leader election's `on_leadership` callback.
+    pub leading: Flag,
     /// The key that signs and verifies Replika authors is loaded.
+    /// Written once it is loaded.
     pub signing_key: Flag,
+    /// The process is stopping. Written when the shutdown starts.
     pub shutting_down: Flag,
 }
 
 impl Readiness {
+    /// Nothing ready yet, for a process that runs `parts`.
+    pub fn new(parts: Parts) -> Self {
+        Readiness {
+            parts,
+            ..Readiness::default()
+        }
+    }
+
     /// What is missing, for the `/readyz` body.
     fn missing(&self) -> Vec<&'static str> {
         let mut missing = Vec::new();
-        if !self.webhook.get() {
+        if self.parts.webhook && !self.webhook.get() {
             missing.push("webhook certificate or Replika cache not ready");
         }
-        if !self.engine.get() {
+        let engine_runs = self.parts.engine && (!self.parts.elected || self.leading.get());
+        if engine_runs && !self.engine.get() {
             missing.push("engine caches not synced");
         }
         if !self.signing_key.get() {
@@ -179,4 +211,38 @@ pub async fn serve(
     axum::serve(listener, routes(metrics, readiness, api_server))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_parts_this_process_runs_keep_it_unready() {
+        let webhook_only = Readiness::new(Parts {
+            webhook: true,
+            ..Parts::default()
+        });
+        webhook_only.signing_key.set(true);
+        assert_eq!(
+            webhook_only.missing(),
+            ["webhook certificate or Replika cache not ready"]
+        );
+        webhook_only.webhook.set(true);
+        assert!(webhook_only.missing().is_empty());
+
+        let elected = Readiness::new(Parts {
+            engine: true,
+            elected: true,
+            ..Parts::default()
+        });
+        elected.signing_key.set(true);
+        assert!(elected.missing().is_empty(), "a follower is ready");
+        elected.leading.set(true);
+        assert_eq!(elected.missing(), ["engine caches not synced"]);
+        elected.engine.set(true);
+        assert!(elected.missing().is_empty());
+        elected.shutting_down.set(true);
+        assert_eq!(elected.missing(), ["shutting down"]);
+    }
 }

@@ -17,7 +17,7 @@ use super::copies::{NotLeading, Outcome};
 use super::{Context, MANAGER};
 use crate::api::{CopiesIdentity, Replika, ReplikaStatus, TargetCounts, TargetFailure};
 
-/// The seed's condition: the source was read and written to every target it could be.
+/// The earlier Go operator's condition: the source was read and written to every target it could be.
 pub const CONDITION_SOURCE_SYNCED: &str = "SourceSynced";
 /// Every target namespace holds an up-to-date copy.
 pub const CONDITION_READY: &str = "Ready";

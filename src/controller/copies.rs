@@ -13,11 +13,9 @@
 //! a key removed from the source is removed from every copy. A copy whose
 //! upgrade failed is upgraded by the next pass that looks at it.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use futures::{StreamExt, stream};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
 };
@@ -27,6 +25,8 @@ use tracing::debug;
 
 use super::MANAGER;
 use super::copy_index::CopyRecord;
+use super::outcome::{NotLeading, Outcome, describe, is_immutable_rejection};
+use super::written::WrittenVersions;
 use crate::api::ConflictPolicy;
 use crate::api::{
     ANNOTATION_CONTENT_HASH, ANNOTATION_OWNER, ANNOTATION_OWNER_UID, LABEL_CREATED_BY,
@@ -34,119 +34,10 @@ use crate::api::{
 };
 use crate::domain::copy::{CopyTemplate, Owner};
 use crate::domain::plan::Scope;
-use crate::domain::sync_steps::{Progress, SyncStep, Written, next_step};
+use crate::domain::sync_steps::{Progress, SyncStep, next_step};
 use crate::leader::Leadership;
 use crate::locks::lock;
 use crate::metrics::{CopyOperation, Metrics};
-
-/// What happened to one target namespace in a pass.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    InSync,
-    Created,
-    Updated,
-    /// An immutable copy whose content changed was deleted and created again.
-    Replaced,
-    Conflict(String),
-    Failed(String),
-    /// The write was refused because this replica no longer leads: says
-    /// nothing about the copy.
-    NotLeading,
-}
-
-impl Outcome {
-    /// Whether the namespace holds an up-to-date copy after the pass.
-    pub fn is_synced(&self) -> bool {
-        matches!(
-            self,
-            Outcome::InSync | Outcome::Created | Outcome::Updated | Outcome::Replaced
-        )
-    }
-
-    /// What a failed request means for the copy: a refusal for lack of
-    /// leadership (made by our own client layer, see [`CopyWriter`]), or a failure.
-    pub fn from_error(error: &kube::Error) -> Self {
-        match error {
-            kube::Error::Service(refusal) if refusal.is::<NotLeading>() => Outcome::NotLeading,
-            other => Outcome::Failed(describe(other)),
-        }
-    }
-
-    /// Whether the write was refused for lack of leadership, which says
-    /// nothing about the copy.
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, Outcome::NotLeading)
-    }
-}
-
-/// Whether the API server refused a write because it changes an immutable field.
-pub fn is_immutable_rejection(status: &kube::core::Status) -> bool {
-    status.is_invalid() && status.message.contains("immutable")
-}
-
-/// Resource versions of copies as we last wrote them, by (Replika UID, namespace).
-/// A copy whose resource version moved on was changed by someone else and is re-applied.
-#[derive(Default)]
-pub struct WrittenVersions(Mutex<HashMap<(String, String), Written>>);
-
-impl WrittenVersions {
-    fn get(&self, owner_uid: &str, namespace: &str) -> Option<Written> {
-        self.lock()
-            .get(&(owner_uid.to_string(), namespace.to_string()))
-            .cloned()
-    }
-
-    pub(super) fn set(&self, owner_uid: &str, namespace: &str, resource_version: Option<String>) {
-        let key = (owner_uid.to_string(), namespace.to_string());
-        match resource_version {
-            Some(latest) => self.lock().insert(
-                key,
-                Written {
-                    latest,
-                    created: None,
-                },
-            ),
-            None => self.lock().remove(&key),
-        };
-    }
-
-    /// Records the ownership upgrade of a copy we created at `created`.
-    fn upgraded(&self, owner_uid: &str, namespace: &str, created: &str, upgraded: Option<String>) {
-        let key = (owner_uid.to_string(), namespace.to_string());
-        let mut versions = self.lock();
-        match (versions.get_mut(&key), upgraded) {
-            (Some(written), Some(upgraded)) if written.latest == created => {
-                written.created = Some(std::mem::replace(&mut written.latest, upgraded));
-            }
-            _ => {}
-        }
-    }
-
-    /// Whether an object is exactly as the engine's own writes left it (by owner and namespace).
-    pub fn is_own_write(&self, metadata: &ObjectMeta) -> bool {
-        let (Some(owner_uid), Some(namespace), Some(version)) = (
-            metadata
-                .annotations
-                .as_ref()
-                .and_then(|annotations| annotations.get(ANNOTATION_OWNER_UID)),
-            metadata.namespace.as_deref(),
-            metadata.resource_version.as_deref(),
-        ) else {
-            return false;
-        };
-        self.get(owner_uid, namespace)
-            .is_some_and(|written| written.is_ours(version))
-    }
-
-    /// Drops everything remembered for one Replika.
-    pub fn forget_owner(&self, owner_uid: &str) {
-        self.lock().retain(|(uid, _), _| uid != owner_uid);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Written>> {
-        lock(&self.0)
-    }
-}
 
 /// The most requests one copy's sync makes (a replacement after a stale
 /// cache and a verification takes six); beyond, the next pass tries again.
@@ -161,11 +52,6 @@ pub struct SyncRules<'a> {
 
 /// Why a write found no copy: the next pass creates it.
 const COPY_DELETED: &str = "the copy was deleted while it was written";
-
-/// Why a write was refused: the leader Lease is no longer this process's.
-#[derive(Debug, thiserror::Error)]
-#[error("this replica no longer holds the leader Lease; the write is left to the new leader")]
-pub struct NotLeading;
 
 /// Writes for the copies of one Replika in one kind.
 pub struct CopyWriter<'a> {
@@ -483,90 +369,5 @@ impl CopyWriter<'_> {
             Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
             Err(error) => Err(error),
         }
-    }
-}
-
-/// The API server's own message when there is one, else the client error.
-pub fn describe(error: &kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
-        other => other.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn copy(owner_uid: &str, namespace: &str, version: &str) -> ObjectMeta {
-        ObjectMeta {
-            namespace: Some(namespace.into()),
-            resource_version: Some(version.into()),
-            annotations: Some([(ANNOTATION_OWNER_UID.to_string(), owner_uid.to_string())].into()),
-            ..ObjectMeta::default()
-        }
-    }
-
-    #[test]
-    fn a_write_refused_for_lost_leadership_is_a_refusal_whatever_its_message() {
-        let refused = kube::Error::Service(Box::new(NotLeading));
-        assert!(Outcome::from_error(&refused).is_refusal());
-        assert!(Outcome::NotLeading.is_refusal());
-        let other = kube::Error::Service("connection reset".into());
-        assert!(!Outcome::from_error(&other).is_refusal());
-        // A failure that merely says the same words is still a failure.
-        assert!(!Outcome::Failed(NotLeading.to_string()).is_refusal());
-    }
-
-    #[test]
-    fn only_an_invalid_status_about_immutability_is_an_immutable_rejection() {
-        let status = |reason: &str, message: &str| {
-            serde_json::from_value::<kube::core::Status>(serde_json::json!({
-                "status": "Failure", "reason": reason, "message": message, "code": 422,
-            }))
-            .expect("a Status")
-        };
-        assert!(is_immutable_rejection(&status(
-            "Invalid",
-            "ConfigMap \"x\" is invalid: data: Forbidden: field is immutable when `immutable` is set"
-        )));
-        assert!(!is_immutable_rejection(&status(
-            "Invalid",
-            "data: Invalid value"
-        )));
-        assert!(!is_immutable_rejection(&status("Conflict", "immutable")));
-    }
-
-    #[test]
-    fn a_copy_is_our_own_write_only_at_the_versions_we_wrote() {
-        let written = WrittenVersions::default();
-        written.set("uid-1", "team-a", Some("10".into()));
-        assert!(written.is_own_write(&copy("uid-1", "team-a", "10")));
-        assert!(!written.is_own_write(&copy("uid-1", "team-a", "11")));
-        assert!(!written.is_own_write(&copy("uid-1", "team-b", "10")));
-        assert!(!written.is_own_write(&copy("uid-2", "team-a", "10")));
-    }
-
-    #[test]
-    fn the_echo_of_a_create_stays_ours_after_its_ownership_upgrade() {
-        let written = WrittenVersions::default();
-        written.set("uid-1", "team-a", Some("10".into()));
-        written.upgraded("uid-1", "team-a", "10", Some("12".into()));
-        assert!(written.is_own_write(&copy("uid-1", "team-a", "10")));
-        assert!(written.is_own_write(&copy("uid-1", "team-a", "12")));
-        // A later write of ours leaves only its own version ours.
-        written.set("uid-1", "team-a", Some("15".into()));
-        assert!(!written.is_own_write(&copy("uid-1", "team-a", "10")));
-        assert!(written.is_own_write(&copy("uid-1", "team-a", "15")));
-    }
-
-    #[test]
-    fn an_upgrade_of_a_version_we_no_longer_hold_is_not_recorded() {
-        let written = WrittenVersions::default();
-        written.set("uid-1", "team-a", Some("11".into()));
-        written.upgraded("uid-1", "team-a", "10", Some("12".into()));
-        assert!(!written.is_own_write(&copy("uid-1", "team-a", "12")));
-        written.forget_owner("uid-1");
-        assert!(!written.is_own_write(&copy("uid-1", "team-a", "11")));
     }
 }

@@ -4,21 +4,27 @@
 //! - [`watches`]: caches of namespaces, sources and same-named objects, and the triggers they fire.
 //! - [`kinds`]: discovery of the kinds Replikas name.
 //! - [`copy_index`]: the compact cache of copies (and of objects in their way).
-//! - [`copies`]: writing, replacing, pruning and orphaning copies.
+//! - [`copies`]: writing, replacing, pruning and orphaning copies; [`outcome`]
+//!   says what became of each, [`written`] remembers the versions it wrote.
 //! - [`previous_copies`]: removing the copies made under a previous name or kind.
-//! - [`reconcile`]: one pass over one Replika.
+//! - [`reconcile`]: one pass over one Replika, with [`caches`] (its kind and
+//!   watches) and [`cleanup`] (pruning, and what a deleted Replika leaves).
 //! - [`status`]: conditions, counts and Events.
 
+pub mod caches;
+pub mod cleanup;
 pub mod copies;
 pub mod copy_index;
 pub mod error;
 pub mod kinds;
+pub mod outcome;
 pub mod previous_copies;
 pub mod reconcile;
 #[cfg(test)]
 mod request_sequences;
 pub mod status;
 pub mod watches;
+pub mod written;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -83,7 +89,7 @@ pub struct Context {
     pub watches: watches::Watches,
     pub kinds: kinds::KindCache,
     pub recorder: Recorder,
-    pub written: Arc<copies::WrittenVersions>,
+    pub written: Arc<written::WrittenVersions>,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     /// Verifies each Replika's author and reviews their access before any write.
@@ -153,7 +159,7 @@ pub async fn run(
         health.clone(),
     ));
     let (replika_store, replika_writer) = reflector::store();
-    let written = Arc::new(copies::WrittenVersions::default());
+    let written = Arc::new(written::WrittenVersions::default());
     let reporter = Reporter {
         controller: MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),

@@ -12,8 +12,10 @@ use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
 
 use super::MANAGER;
-use super::copies::{CopyWriter, Outcome, SyncRules, WrittenVersions};
+use super::copies::{CopyWriter, SyncRules};
 use super::copy_index::CopyRecord;
+use super::outcome::Outcome;
+use super::written::WrittenVersions;
 use crate::api::ConflictPolicy;
 use crate::domain::copy::{CopySettings, CopyTemplate, Owner};
 use crate::domain::plan::Scope;

@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
-use super::copies::{NotLeading, Outcome};
+use super::outcome::{NotLeading, Outcome};
 use super::{Context, MANAGER};
 use crate::api::{CopiesIdentity, Replika, ReplikaStatus, TargetCounts, TargetFailure};
 

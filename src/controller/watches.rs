@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use super::copies::WrittenVersions;
 use super::copy_index::{CopyIndex, CopyIndexWriter, CopyMeta};
+use super::written::WrittenVersions;
 use crate::api::Replika;
 use crate::domain::validation::SourceRef;
 use crate::locks::lock;

@@ -18,8 +18,8 @@ use kube::{Client, Resource};
 use serde::Serialize;
 
 use crate::api::{CopiesIdentity, Replika};
-use crate::controller::copies::{describe, is_immutable_rejection};
 use crate::controller::kinds::cluster_scoped;
+use crate::controller::outcome::{describe, is_immutable_rejection};
 use crate::controller::previous_copies;
 use crate::domain::copy::{CopyMarks, CopyTemplate, Owner};
 use crate::domain::plan::{Action, Found, Observed, Planned, Scope, plan_namespaces};

@@ -1,0 +1,129 @@
+//! The resource versions this process's own writes left on copies, so that
+//! the watch echo of a write wakes nobody and a copy changed by someone else
+//! is looked at again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::api::ANNOTATION_OWNER_UID;
+use crate::domain::sync_steps::Written;
+use crate::locks::lock;
+
+/// Resource versions of copies as we last wrote them, by (Replika UID, namespace).
+/// A copy whose resource version moved on was changed by someone else and is re-applied.
+#[derive(Default)]
+pub struct WrittenVersions(Mutex<HashMap<(String, String), Written>>);
+
+impl WrittenVersions {
+    pub(super) fn get(&self, owner_uid: &str, namespace: &str) -> Option<Written> {
+        self.lock()
+            .get(&(owner_uid.to_string(), namespace.to_string()))
+            .cloned()
+    }
+
+    pub(super) fn set(&self, owner_uid: &str, namespace: &str, resource_version: Option<String>) {
+        let key = (owner_uid.to_string(), namespace.to_string());
+        match resource_version {
+            Some(latest) => self.lock().insert(
+                key,
+                Written {
+                    latest,
+                    created: None,
+                },
+            ),
+            None => self.lock().remove(&key),
+        };
+    }
+
+    /// Records the ownership upgrade of a copy we created at `created`.
+    pub(super) fn upgraded(
+        &self,
+        owner_uid: &str,
+        namespace: &str,
+        created: &str,
+        upgraded: Option<String>,
+    ) {
+        let key = (owner_uid.to_string(), namespace.to_string());
+        let mut versions = self.lock();
+        match (versions.get_mut(&key), upgraded) {
+            (Some(written), Some(upgraded)) if written.latest == created => {
+                written.created = Some(std::mem::replace(&mut written.latest, upgraded));
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether an object is exactly as the engine's own writes left it (by owner and namespace).
+    pub fn is_own_write(&self, metadata: &ObjectMeta) -> bool {
+        let (Some(owner_uid), Some(namespace), Some(version)) = (
+            metadata
+                .annotations
+                .as_ref()
+                .and_then(|annotations| annotations.get(ANNOTATION_OWNER_UID)),
+            metadata.namespace.as_deref(),
+            metadata.resource_version.as_deref(),
+        ) else {
+            return false;
+        };
+        self.get(owner_uid, namespace)
+            .is_some_and(|written| written.is_ours(version))
+    }
+
+    /// Drops everything remembered for one Replika.
+    pub fn forget_owner(&self, owner_uid: &str) {
+        self.lock().retain(|(uid, _), _| uid != owner_uid);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Written>> {
+        lock(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(owner_uid: &str, namespace: &str, version: &str) -> ObjectMeta {
+        ObjectMeta {
+            namespace: Some(namespace.into()),
+            resource_version: Some(version.into()),
+            annotations: Some([(ANNOTATION_OWNER_UID.to_string(), owner_uid.to_string())].into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn a_copy_is_our_own_write_only_at_the_versions_we_wrote() {
+        let written = WrittenVersions::default();
+        written.set("uid-1", "team-a", Some("10".into()));
+        assert!(written.is_own_write(&copy("uid-1", "team-a", "10")));
+        assert!(!written.is_own_write(&copy("uid-1", "team-a", "11")));
+        assert!(!written.is_own_write(&copy("uid-1", "team-b", "10")));
+        assert!(!written.is_own_write(&copy("uid-2", "team-a", "10")));
+    }
+
+    #[test]
+    fn the_echo_of_a_create_stays_ours_after_its_ownership_upgrade() {
+        let written = WrittenVersions::default();
+        written.set("uid-1", "team-a", Some("10".into()));
+        written.upgraded("uid-1", "team-a", "10", Some("12".into()));
+        assert!(written.is_own_write(&copy("uid-1", "team-a", "10")));
+        assert!(written.is_own_write(&copy("uid-1", "team-a", "12")));
+        // A later write of ours leaves only its own version ours.
+        written.set("uid-1", "team-a", Some("15".into()));
+        assert!(!written.is_own_write(&copy("uid-1", "team-a", "10")));
+        assert!(written.is_own_write(&copy("uid-1", "team-a", "15")));
+    }
+
+    #[test]
+    fn an_upgrade_of_a_version_we_no_longer_hold_is_not_recorded() {
+        let written = WrittenVersions::default();
+        written.set("uid-1", "team-a", Some("11".into()));
+        written.upgraded("uid-1", "team-a", "10", Some("12".into()));
+        assert!(!written.is_own_write(&copy("uid-1", "team-a", "12")));
+        written.forget_owner("uid-1");
+        assert!(!written.is_own_write(&copy("uid-1", "team-a", "11")));
+    }
+}

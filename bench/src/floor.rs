@@ -10,7 +10,6 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
-use crate::model::FLOOR_NAME;
 use crate::workload::{self, run_parallel};
 
 /// Field manager of the floor client's writes.
@@ -25,10 +24,11 @@ pub enum FloorWrite {
     Apply,
 }
 
-/// Writes the floor object into every namespace, `parallelism` at a time;
-/// returns how long until every write was answered.
+/// Writes the floor object `name` into every namespace, `parallelism` at a
+/// time, one request each; returns how long until every write was answered.
 pub async fn write_floor(
     client: &Client,
+    name: &str,
     namespaces: &[String],
     write: FloorWrite,
     revision: &str,
@@ -38,7 +38,7 @@ pub async fn write_floor(
     stream::iter(namespaces)
         .map(|namespace| {
             let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-            let object = workload::floor_object(namespace, revision);
+            let object = workload::floor_object(name, namespace, revision);
             async move {
                 match write {
                     FloorWrite::Create => {
@@ -50,7 +50,7 @@ pub async fn write_floor(
                     }
                     FloorWrite::Apply => {
                         let params = PatchParams::apply(FLOOR_MANAGER).force();
-                        api.patch(FLOOR_NAME, &params, &Patch::Apply(&object))
+                        api.patch(name, &params, &Patch::Apply(&object))
                             .await
                             .map(drop)
                     }
@@ -64,9 +64,10 @@ pub async fn write_floor(
     Ok(started.elapsed())
 }
 
-/// Deletes the floor object of every namespace, `parallelism` at a time.
+/// Deletes the floor object `name` of every namespace, `parallelism` at a time.
 pub async fn delete_floor(
     client: &Client,
+    name: &str,
     namespaces: Vec<String>,
     parallelism: usize,
 ) -> Result<()> {
@@ -76,9 +77,9 @@ pub async fn delete_floor(
         parallelism,
         |namespace| async move {
             Api::<ConfigMap>::namespaced(client.clone(), &namespace)
-                .delete(FLOOR_NAME, &DeleteParams::default())
+                .delete(name, &DeleteParams::default())
                 .await
-                .with_context(|| format!("cannot delete {namespace}/{FLOOR_NAME}"))?;
+                .with_context(|| format!("cannot delete {namespace}/{name}"))?;
             Ok(())
         },
     )

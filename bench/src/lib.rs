@@ -4,10 +4,13 @@
 //! The modules, each depending only on those listed before it:
 //!
 //! - [`model`]: the kinds, object keys, names and constants all others share.
-//! - [`stats`], [`progress`]: percentiles, the counter line.
+//! - [`stats`], [`progress`]: percentiles and medians of repetitions, the counter line.
+//! - [`histogram`]: Prometheus histograms, their difference and quantiles.
 //! - [`accounting`]: the operator's requests, from the API server's metrics.
-//! - [`figures`]: what a run measures (memory, propagation, idle, phases, admission).
-//! - [`cli`], [`operator`]: the command line; the operator process, its endpoints, its memory.
+//! - [`figures`]: what a run measures (memory, propagation, idle, phases and
+//!   their cost, admission), per repetition.
+//! - [`cli`], [`operator`]: the command line; the operator process, its
+//!   endpoints, its memory and CPU time.
 //! - [`cluster`]: the control plane, `deploy/base`, the operator's and the floor's identities.
 //! - [`workload`]: the objects of the scenarios.
 //! - [`observer`]: ConfigMap and Secret watches that timestamp every arrival.
@@ -22,6 +25,7 @@ pub mod cli;
 pub mod cluster;
 pub mod figures;
 pub mod floor;
+pub mod histogram;
 pub mod model;
 pub mod observer;
 pub mod operator;

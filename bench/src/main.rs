@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use bench::cli::Args;
 use bench::cluster::{self, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE};
-use bench::figures::{Machine, Memory, Results, Settings};
+use bench::figures::{Machine, Memory, MemoryPerCopy, Results, Settings};
 use bench::observer::Observer;
 use bench::operator::Endpoints;
 use bench::report;
@@ -56,6 +56,7 @@ async fn measure(args: &Args, plane: &'static ControlPlane) -> Result<Results> {
         replikas: args.replikas.max(1),
         unrelated_secrets: args.unrelated_secrets,
         new_namespaces: args.new_namespaces,
+        repeats: usize::from(args.repeats),
         sync_time: args.sync_time.clone(),
         preexisting: setup::preexisting_namespaces(&cluster.admin).await?,
     };
@@ -65,14 +66,16 @@ async fn measure(args: &Args, plane: &'static ControlPlane) -> Result<Results> {
     let options = options(args)?;
     webhook::write_certificates(&options.endpoints.tls_dir)?;
     let mut bench = Bench::start(cluster, workload, observer, options).await?;
-    let floor_create = bench.floor_create().await?;
-    let replika_created = bench.replika_created().await?;
-    let floor_update = bench.floor_update().await?;
-    let source_updated = bench.source_updated().await?;
-    bench.remaining_replikas().await?;
+    let fan_out = bench.fan_out().await?;
+    bench.all_replikas().await?;
     let namespace_created = bench.namespace_created().await?;
     let idle = bench.idle(Duration::from_secs(args.idle_window)).await?;
     let steady = bench.memory()?;
+    let memory_per_copy = MemoryPerCopy::new(
+        bench.baseline_rss_mib(),
+        steady.rss_mib,
+        bench.workload.copies_managed(),
+    );
     let webhook = bench.admission(args.admission_requests).await?;
     let memory = Memory {
         rss_mib: steady.rss_mib,
@@ -86,13 +89,14 @@ async fn measure(args: &Args, plane: &'static ControlPlane) -> Result<Results> {
         started_at,
         settings: settings(args),
         machine: Machine::this(),
-        floor_create,
-        floor_update,
-        replika_created,
-        source_updated,
+        floor_create: fan_out.floor_create,
+        floor_update: fan_out.floor_update,
+        replika_created: fan_out.replika_created,
+        source_updated: fan_out.source_updated,
         namespace_created,
         idle,
         memory,
+        memory_per_copy,
         phases: bench.phases(),
         webhook,
     })
@@ -105,6 +109,7 @@ fn options(args: &Args) -> Result<Options> {
         endpoints: Endpoints::pick(args.json.with_file_name("webhook-tls"))?,
         parallelism: args.parallelism.max(1),
         timeout: Duration::from_secs(args.timeout),
+        repeats: usize::from(args.repeats),
     })
 }
 
@@ -131,6 +136,7 @@ fn settings(args: &Args) -> Settings {
         parallelism: args.parallelism,
         sync_time: args.sync_time.clone(),
         admission_requests: args.admission_requests,
+        repeats: usize::from(args.repeats),
         operator_cmd: args.operator_cmd(),
     }
 }

@@ -12,15 +12,16 @@ pub const SOURCE_NAMESPACE: &str = "bench-source";
 pub const WARMUP_NAMESPACE: &str = "bench-warmup";
 /// Name of the warm-up Replika and of its source.
 pub const WARMUP_NAME: &str = "bench-warmup";
-/// Name of the floor client's object in every target namespace.
-pub const FLOOR_NAME: &str = "bench-floor";
+/// Prefix of the floor client's objects (one per repetition) in every target namespace.
+pub const FLOOR_PREFIX: &str = "bench-floor-";
+/// Prefix of the timed Replikas and of their sources (one per repetition).
+pub const TIMED_PREFIX: &str = "bench-timed-";
 /// Prefix of every namespace and object the benchmark creates.
 pub const NAMESPACE_PREFIX: &str = "bench-";
 /// The data key whose value tells one version of a source from the next.
 pub const REVISION_KEY: &str = "revision";
-/// Revisions of the sources and floor objects: as created, and as updated.
+/// Revision of the sources and floor objects as created; see [`update_revision`].
 pub const FIRST_REVISION: &str = "1";
-pub const SECOND_REVISION: &str = "2";
 /// Field manager of what the benchmark itself applies (FlowSchemas, RBAC,
 /// dry-run Replikas).
 pub const FIELD_MANAGER: &str = "replika-bench";
@@ -67,6 +68,21 @@ impl ObjectKey {
             name: name.to_owned(),
         }
     }
+}
+
+/// The revision the `repetition`th update (from 0) writes: a new value each time.
+pub fn update_revision(repetition: usize) -> String {
+    (repetition + 2).to_string()
+}
+
+/// The floor client's object of repetition `repetition`.
+pub fn floor_name(repetition: usize) -> String {
+    format!("{FLOOR_PREFIX}{repetition}")
+}
+
+/// The timed Replika of repetition `repetition`, its source, and its copies' name.
+pub fn timed_name(repetition: usize) -> String {
+    format!("{TIMED_PREFIX}{repetition}")
 }
 
 /// The `index`th target namespace.

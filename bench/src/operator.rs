@@ -1,6 +1,7 @@
 //! The operator under test: any command line, run under the deploy
 //! ServiceAccount's kubeconfig, ended with the benchmark (even if the benchmark
-//! is killed), and measured through `/proc/<pid>/status`.
+//! is killed), and measured through `/proc/<pid>/status` (memory) and
+//! `/proc/<pid>/stat` (CPU time).
 //!
 //! Where to serve its webhook and metrics is passed in the environment
 //! variables Replika reads ([`WEBHOOK_BIND_ENV`], [`TLS_DIR_ENV`],
@@ -34,6 +35,10 @@ pub const METRICS_BIND_ENV: &str = "REPLIKA_METRICS_BIND";
 
 /// How long reading the operator's `/metrics` may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s times (`USER_HZ`, 100 on
+/// every architecture Linux exposes it to user space with).
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// How many lines of the operator's log a failure message shows.
 const LOG_TAIL_LINES: usize = 30;
@@ -135,6 +140,13 @@ impl Operator {
         })
     }
 
+    /// CPU time the operator has used since it started, user and system, in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let path = format!("/proc/{}/stat", self.pid);
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        stat_cpu_seconds(&stat).with_context(|| format!("no CPU times in {path}"))
+    }
+
     /// The operator's own `/metrics`, for diagnosis; fails if it serves none.
     pub async fn scrape_metrics(&self) -> Result<String> {
         let scrape = async {
@@ -195,9 +207,28 @@ fn status_kib(status: &str, field: &str) -> Option<f64> {
         .ok()
 }
 
+/// `utime + stime` of a `/proc/<pid>/stat` line, in seconds. The process name
+/// (field 2, in parentheses) may hold spaces, so fields are counted after
+/// its closing parenthesis: `state` is the first there, `utime` the 12th.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / CLOCK_TICKS_PER_SECOND)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_cpu_times_after_the_name() {
+        let stat =
+            "4242 (re plika) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 75 0 0 20 0 9 0 100 0 0";
+        assert_eq!(stat_cpu_seconds(stat), Some(3.25));
+        assert_eq!(stat_cpu_seconds("4242 (replika) S 1"), None);
+    }
 
     #[test]
     fn reads_kib_fields() {

@@ -1,6 +1,7 @@
 //! The cluster as the operator finds it when it starts: the target
-//! namespaces, the unrelated Secrets and the sources, created before any
-//! operator runs.
+//! namespaces, the unrelated Secrets and the sources (the numbered Replikas'
+//! and the timed ones'), created before any operator runs, `parallelism`
+//! requests at a time.
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
@@ -11,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::model::{
     FIRST_REVISION, Kind, NAMESPACE_PREFIX, SOURCE_NAMESPACE, WARMUP_NAME, WARMUP_NAMESPACE,
-    source_name,
+    source_name, timed_name,
 };
 use crate::workload::{self, Workload, run_parallel};
 
@@ -51,10 +52,14 @@ pub async fn build(admin: &Client, workload: &Workload, parallelism: usize) -> R
     .await?;
 
     let configmaps = Api::<ConfigMap>::namespaced(admin.clone(), SOURCE_NAMESPACE);
-    create(
-        configmaps.clone(),
-        workload::config_map_source(WARMUP_NAME, FIRST_REVISION),
-    )
+    let mut plain_sources = vec![WARMUP_NAME.to_owned()];
+    plain_sources.extend((0..workload.repeats).map(timed_name));
+    run_parallel("timed sources", plain_sources, parallelism, |name| {
+        create(
+            configmaps.clone(),
+            workload::config_map_source(&name, FIRST_REVISION),
+        )
+    })
     .await?;
     let sources: Vec<usize> = (0..workload.replikas).collect();
     run_parallel("sources", sources, parallelism, |index| {

@@ -1,4 +1,5 @@
-//! Latency summaries: percentiles over per-object latencies, in milliseconds.
+//! Latency summaries: percentiles over per-object latencies, in milliseconds,
+//! and the median and range of one figure over a scenario's repetitions.
 
 use std::time::Duration;
 
@@ -38,6 +39,38 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// One figure over the repetitions of a scenario: the verdict is taken on
+/// the median, the range shows how much it moved.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Spread {
+    /// How many repetitions the figure comes from.
+    pub runs: usize,
+    /// The middle value (the mean of the two middle ones for an even count).
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `values`; all zero when there are none.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Spread {
+        let mut sorted: Vec<f64> = values.into_iter().collect();
+        sorted.sort_by(f64::total_cmp);
+        let runs = sorted.len();
+        let median = match runs {
+            0 => 0.0,
+            n if n % 2 == 1 => sorted[n / 2],
+            n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        Spread {
+            runs,
+            median,
+            min: sorted.first().copied().unwrap_or_default(),
+            max: sorted.last().copied().unwrap_or_default(),
+        }
+    }
+}
+
 /// A duration in milliseconds, rounded to a tenth.
 pub fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 10_000.0).round() / 10.0
@@ -67,6 +100,14 @@ mod tests {
         assert_eq!(summary.p50_ms, 20.0);
         assert_eq!(summary.p99_ms, 30.0);
         assert_eq!(summary.max_ms, 30.0);
+    }
+
+    #[test]
+    fn spreads_take_the_middle() {
+        let odd = Spread::of([3.0, 1.0, 2.0, 9.0, 4.0]);
+        assert_eq!((odd.runs, odd.median, odd.min, odd.max), (5, 3.0, 1.0, 9.0));
+        assert_eq!(Spread::of([1.0, 2.0]).median, 1.5);
+        assert_eq!(Spread::of([]).runs, 0);
     }
 
     #[test]

@@ -6,8 +6,14 @@
 //! - Added latency: [`CONCURRENCY`] clients apply Replikas through the API
 //!   server (server-side apply with dry run, so admission runs in full but
 //!   nothing is stored and the engine has nothing to do), first with the
-//!   webhooks unregistered, then registered again. The figure is the
-//!   difference of the two p99s.
+//!   webhooks unregistered, then registered again. The end-to-end figure is
+//!   the difference of the two p99s.
+//! - The webhooks' share: the API server's own histogram
+//!   `apiserver_admission_webhook_admission_duration_seconds`, scraped right
+//!   before and right after the applies with the webhooks; the difference of
+//!   the two scrapes' cumulative buckets holds the calls of those applies, and
+//!   its p50 and p99 (interpolated within a bucket, [`crate::histogram`]) are
+//!   each webhook's share of their admission latency.
 //! - Direct throughput: [`CONCURRENCY`] clients POST AdmissionReviews of the
 //!   same Replika straight to the webhook's `/validate`.
 //!
@@ -27,7 +33,8 @@ use serde_json::{Value, json};
 
 use crate::accounting;
 use crate::cluster::{Cluster, kubectl};
-use crate::figures::WebhookFigures;
+use crate::figures::{WebhookFigures, WebhookShare};
+use crate::histogram::{Histogram, histograms_by};
 use crate::model::{FIELD_MANAGER, SOURCE_NAMESPACE, replikas};
 use crate::operator::Endpoints;
 use crate::progress::Progress;
@@ -38,11 +45,14 @@ use crate::workload::Workload;
 pub const CONCURRENCY: usize = 50;
 /// Name of the webhook configurations the scenario registers.
 const CONFIGURATION: &str = "replika-bench";
-/// The webhooks in `webhook-config/local`, as the API server's metrics name them.
-const WEBHOOKS: [&str; 2] = [
-    "validate.replika.prosimcorp.com",
-    "mutate.replika.prosimcorp.com",
+/// The webhooks in `webhook-config/local`, as the API server's metrics name
+/// them, and their kind.
+const WEBHOOKS: [(&str, &str); 2] = [
+    ("mutate.replika.prosimcorp.com", "mutating"),
+    ("validate.replika.prosimcorp.com", "validating"),
 ];
+/// The API server's histogram of each webhook call's duration.
+const DURATION_METRIC: &str = "apiserver_admission_webhook_admission_duration_seconds";
 /// The project's url-based webhook configurations.
 const TEMPLATE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -137,9 +147,9 @@ pub async fn unregister(cluster: &Cluster, workload: &Workload) -> Result<()> {
     wait_for_calls(&cluster.admin, workload, false).await
 }
 
-/// Runs the scenario against the webhooks at `endpoints`, registered, with
-/// `requests` applies on each side and `requests` direct reviews. Leaves the
-/// webhooks registered, as they were.
+/// Runs one repetition of the scenario against the webhooks at `endpoints`,
+/// registered, with `requests` applies on each side and `requests` direct
+/// reviews. Leaves the webhooks registered, as they were.
 pub async fn measure(
     cluster: &Cluster,
     endpoints: &Endpoints,
@@ -153,16 +163,18 @@ pub async fn measure(
         &cluster.admin,
         workload,
         requests,
+        false,
     )
     .await;
     // Registered again whatever happened: the engine needs it.
     register(cluster, endpoints, workload).await?;
-    let without_webhook = without_webhook?;
-    let with_webhook = applies(
+    let (without_webhook, _) = without_webhook?;
+    let (with_webhook, share) = applies(
         "applies with the webhook",
         &cluster.admin,
         workload,
         requests,
+        true,
     )
     .await?;
 
@@ -184,19 +196,22 @@ pub async fn measure(
             / 10.0,
         without_webhook,
         with_webhook,
+        share,
         direct: Summary::of(&latencies),
         direct_reviews_per_second: (requests as f64 / seconds).round(),
     })
 }
 
 /// `requests` dry-run applies through the API server, after as many
-/// unmeasured ones to open the connections.
+/// unmeasured ones to open the connections; with `share`, the webhooks'
+/// share of the measured ones from the API server's histogram.
 async fn applies(
     label: &str,
     admin: &Client,
     workload: &Workload,
     requests: usize,
-) -> Result<Summary> {
+    share: bool,
+) -> Result<(Summary, Vec<WebhookShare>)> {
     let api = replikas(admin);
     let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
     let apply = |index: usize| {
@@ -212,9 +227,51 @@ async fn applies(
     };
     let mut progress = Progress::new(format!("admission: {label}"), 2 * requests);
     concurrently(requests, &mut progress, apply).await?;
+    let before = match share {
+        true => Some(accounting::apiserver_metrics(admin).await?),
+        false => None,
+    };
     let latencies = concurrently(requests, &mut progress, apply).await?;
+    let shares = match before {
+        Some(before) => shares(&before, &accounting::apiserver_metrics(admin).await?),
+        None => Vec::new(),
+    };
     progress.finish();
-    Ok(Summary::of(&latencies))
+    Ok((Summary::of(&latencies), shares))
+}
+
+/// Each of our webhooks' calls between the scrapes `before` and `after`,
+/// with their p50 and p99.
+fn shares(before: &str, after: &str) -> Vec<WebhookShare> {
+    let ours = |labels: &std::collections::BTreeMap<String, String>| {
+        labels
+            .get("name")
+            .is_some_and(|name| WEBHOOKS.iter().any(|(webhook, _)| webhook == name))
+    };
+    let before = histograms_by(before, DURATION_METRIC, "name", ours);
+    let after = histograms_by(after, DURATION_METRIC, "name", ours);
+    let empty = Histogram::default();
+    WEBHOOKS
+        .iter()
+        .map(|&(name, kind)| {
+            let calls = after
+                .get(name)
+                .unwrap_or(&empty)
+                .since(before.get(name).unwrap_or(&empty));
+            let ms = |q: f64| {
+                calls
+                    .quantile(q)
+                    .map(|seconds| (seconds * 10_000.0).round() / 10.0)
+            };
+            WebhookShare {
+                webhook: name.to_owned(),
+                kind: kind.to_owned(),
+                calls: calls.count() as u64,
+                p50_ms: ms(0.5),
+                p99_ms: ms(0.99),
+            }
+        })
+        .collect()
 }
 
 /// Runs `request(0..count)`, [`CONCURRENCY`] at a time; returns each one's latency.
@@ -248,7 +305,7 @@ async fn wait_for_calls(admin: &Client, workload: &Workload, called: bool) -> Re
     let calls = || async {
         let text = accounting::apiserver_metrics(admin).await?;
         let calls = accounting::sum_by_label(&text, CALLS_METRIC, "name");
-        anyhow::Ok(WEBHOOKS.map(|name| calls.get(name).copied().unwrap_or_default()))
+        anyhow::Ok(WEBHOOKS.map(|(name, _)| calls.get(name).copied().unwrap_or_default()))
     };
     let api = replikas(admin);
     let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
@@ -360,5 +417,33 @@ async fn send_review(client: &Client, review: &[u8]) -> Result<(), Unanswered> {
         None => Err(Unanswered::Wrong(anyhow!(
             "the webhook's answer is not an AdmissionReview: {text}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(validate: [u64; 3]) -> String {
+        let mut text = String::new();
+        for (le, count) in ["0.005", "0.025", "+Inf"].iter().zip(validate) {
+            text.push_str(&format!(
+                "{DURATION_METRIC}_bucket{{name=\"validate.replika.prosimcorp.com\",operation=\"CREATE\",rejected=\"false\",type=\"validating\",le=\"{le}\"}} {count}\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn shares_come_from_the_difference_of_two_scrapes() {
+        let shares = shares(&scrape([5, 5, 5]), &scrape([105, 105, 105]));
+        let validating = &shares[1];
+        assert_eq!(validating.kind, "validating");
+        assert_eq!(validating.calls, 100);
+        assert_eq!(validating.p50_ms, Some(2.5));
+        let p99 = validating.p99_ms.expect("called");
+        assert!((p99 - 4.95).abs() <= 0.051, "{p99}");
+        // The mutating webhook was never called.
+        assert_eq!((shares[0].calls, shares[0].p99_ms), (0, None));
     }
 }

@@ -5,7 +5,9 @@
 //! Replikas alternate between the two kinds an operator of this field copies
 //! most: even-numbered ones copy a ConfigMap, odd-numbered ones a Secret, so the
 //! operator has to watch Secrets (its copies) among the 50 000 unrelated ones.
-//! The timed Replika, number 0, copies a ConfigMap, as the floor client writes.
+//! The timed Replikas (one per repetition of "Replika created", apart from
+//! the numbered ones and removed after their repetition) copy a ConfigMap
+//! each, as the floor client writes.
 //!
 //! Replikas are built as plain JSON with only the fields of the earlier Go
 //! operator's API (`matchAll` plus exact `excludeFrom` names, no globs or
@@ -22,8 +24,9 @@ use kube::api::{DynamicObject, ObjectMeta};
 use serde_json::{Value, json};
 
 use crate::model::{
-    FLOOR_NAME, Kind, NAMESPACE_PREFIX, ObjectKey, REVISION_KEY, SOURCE_NAMESPACE, WARMUP_NAME,
+    Kind, NAMESPACE_PREFIX, ObjectKey, REVISION_KEY, SOURCE_NAMESPACE, WARMUP_NAME,
     WARMUP_NAMESPACE, keys, replika_name, replika_resource, source_name, target_namespace,
+    timed_name,
 };
 use crate::progress::Progress;
 
@@ -40,7 +43,10 @@ pub struct Workload {
     pub scale: usize,
     pub replikas: usize,
     pub unrelated_secrets: usize,
+    /// Namespaces created one at a time in each repetition of the namespace scenario.
     pub new_namespaces: usize,
+    /// Repetitions of each timed scenario.
+    pub repeats: usize,
     pub sync_time: String,
     /// Namespaces that existed before the benchmark: no Replika targets them.
     pub preexisting: Vec<String>,
@@ -52,11 +58,19 @@ impl Workload {
         (0..self.scale).map(target_namespace).collect()
     }
 
-    /// The namespaces created one at a time for the namespace scenario.
-    pub fn new_namespaces(&self) -> Vec<String> {
+    /// The namespaces created one at a time in repetition `repetition` of
+    /// the namespace scenario.
+    pub fn new_namespaces(&self, repetition: usize) -> Vec<String> {
         (0..self.new_namespaces)
-            .map(|index| format!("{NAMESPACE_PREFIX}new-{index:03}"))
+            .map(|index| format!("{NAMESPACE_PREFIX}new-{repetition}-{index:03}"))
             .collect()
+    }
+
+    /// Copies the numbered Replikas manage once every scenario has run: one
+    /// per target and new namespace, and the warm-up's.
+    pub fn copies_managed(&self) -> u64 {
+        let namespaces = self.scale + self.repeats * self.new_namespaces;
+        (self.replikas * namespaces + 1) as u64
     }
 
     /// The copy of every source that `namespace` should hold.
@@ -75,14 +89,38 @@ impl Workload {
         )
     }
 
+    /// The copies of the timed Replika of `repetition` in every target namespace.
+    pub fn timed_copies(&self, repetition: usize) -> Vec<ObjectKey> {
+        keys(
+            Kind::ConfigMap,
+            &timed_name(repetition),
+            &self.target_namespaces(),
+        )
+    }
+
     /// A Replika copying source `index` into every benchmark namespace.
     pub fn replika(&self, index: usize) -> DynamicObject {
-        let mut excluded = self.preexisting.clone();
-        excluded.extend([SOURCE_NAMESPACE.to_owned(), WARMUP_NAMESPACE.to_owned()]);
-        replika_object(
+        self.everywhere(
             &replika_name(index),
             Kind::of_source(index),
             &source_name(index),
+        )
+    }
+
+    /// The timed Replika of `repetition`: its own ConfigMap source, copied
+    /// into every benchmark namespace.
+    pub fn timed_replika(&self, repetition: usize) -> DynamicObject {
+        let name = timed_name(repetition);
+        self.everywhere(&name, Kind::ConfigMap, &name)
+    }
+
+    fn everywhere(&self, name: &str, kind: Kind, source: &str) -> DynamicObject {
+        let mut excluded = self.preexisting.clone();
+        excluded.extend([SOURCE_NAMESPACE.to_owned(), WARMUP_NAMESPACE.to_owned()]);
+        replika_object(
+            name,
+            kind,
+            source,
             json!({"replicateIn": [], "matchAll": true, "excludeFrom": excluded}),
             &self.sync_time,
         )
@@ -177,21 +215,22 @@ pub fn secret_source(name: &str, revision: &str) -> Secret {
     }
 }
 
-/// The floor client's object in `namespace`: the source's data, with labels
-/// and annotations the size of the ownership marks an operator adds to a copy.
-pub fn floor_object(namespace: &str, revision: &str) -> ConfigMap {
-    let mut metadata = named(FLOOR_NAME, Some(namespace));
+/// The floor client's object `name` in `namespace`: the source's data, with
+/// labels and annotations the size of the ownership marks an operator adds
+/// to a copy.
+pub fn floor_object(name: &str, namespace: &str, revision: &str) -> ConfigMap {
+    let mut metadata = named(name, Some(namespace));
     metadata.labels = Some(BTreeMap::from([
         (
             "replika-bench/created-by".into(),
             "replika-bench-floor".into(),
         ),
-        ("replika-bench/part-of".into(), FLOOR_NAME.into()),
+        ("replika-bench/part-of".into(), name.into()),
     ]));
     metadata.annotations = Some(BTreeMap::from([
         (
             "replika-bench/owner".into(),
-            format!("{SOURCE_NAMESPACE}/{FLOOR_NAME}"),
+            format!("{SOURCE_NAMESPACE}/{name}"),
         ),
         (
             "replika-bench/owner-uid".into(),
@@ -259,6 +298,7 @@ mod tests {
             replikas: 2,
             unrelated_secrets: 10,
             new_namespaces: 2,
+            repeats: 2,
             sync_time: "20s".into(),
             preexisting: vec!["default".into(), "kube-system".into()],
         }
@@ -272,9 +312,17 @@ mod tests {
             ["bench-0000", "bench-0001", "bench-0002"]
         );
         assert_eq!(
-            workload.new_namespaces(),
-            ["bench-new-000", "bench-new-001"]
+            workload.new_namespaces(1),
+            ["bench-new-1-000", "bench-new-1-001"]
         );
+        assert_eq!(workload.copies_managed(), 2 * (3 + 2 * 2) + 1);
+        assert_eq!(
+            workload.timed_copies(1)[2],
+            ObjectKey::new(Kind::ConfigMap, "bench-0002", "bench-timed-1")
+        );
+        let timed = workload.timed_replika(1);
+        assert_eq!(timed.data["spec"]["source"]["name"], "bench-timed-1");
+        assert_eq!(timed.data["spec"]["target"]["namespaces"]["matchAll"], true);
         assert_eq!(
             workload.copies_in("bench-new-000"),
             [
@@ -305,7 +353,7 @@ mod tests {
 
     #[test]
     fn floor_objects_carry_the_source_data() {
-        let floor = floor_object("bench-0001", "2");
+        let floor = floor_object("bench-floor-0", "bench-0001", "2");
         assert_eq!(floor.data, config_map_source("bench-src-00", "2").data);
         assert_eq!(floor.data.as_ref().expect("data")[REVISION_KEY], "2");
     }

@@ -123,7 +123,7 @@ BENCH_ARGS ?=
 # minutes so the whole run fits in 15) on release builds, against a private
 # control plane. Prints the table; writes target/bench/result.json with every
 # repetition's figures, and the operator's log and metrics beside it. About
-# 12 minutes on 2 cores once everything is built. Both packages are built by
+# 11 minutes on 2 cores once everything is built. Both packages are built by
 # one cargo call, so their dependencies build once, and the binary is run as
 # built (no second build if sources change meanwhile).
 # At scale: BENCH_ARGS='--scale 10000' (20 Replikas = 200 000 copies; waits

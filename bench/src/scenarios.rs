@@ -53,7 +53,7 @@ const SETTLE_QUIET: Duration = Duration::from_secs(2);
 /// How long a step waits for that quiet before starting anyway, at any
 /// scale; [`SETTLE_PER_NAMESPACE`] more per target namespace.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
-const SETTLE_PER_NAMESPACE: Duration = Duration::from_millis(6);
+const SETTLE_PER_NAMESPACE: Duration = Duration::from_millis(20);
 /// Time a wait allows per object it waits for, beyond the `--timeout`.
 const WAIT_PER_OBJECT: Duration = Duration::from_millis(5);
 /// Pause between two checks of whether a deleted Replika is gone.

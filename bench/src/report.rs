@@ -291,11 +291,14 @@ fn cost(operator: &Phase, floor: Option<&Phase>) -> String {
         || "no floor".into(),
         |requests| format!("floor {}", thousands(requests)),
     );
+    let runs = match operator.runs {
+        1 => "1 run".to_owned(),
+        runs => format!("{runs} runs"),
+    };
     format!(
-        "{cpu:.2} s CPU / {} requests ({floor}); {} copies in {} runs",
+        "{cpu:.2} s CPU / {} requests ({floor}); {} copies in {runs}",
         thousands(requests),
         thousands(operator.copies_written as f64),
-        operator.runs
     )
 }
 

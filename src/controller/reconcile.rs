@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::{StreamExt, stream};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -33,7 +33,7 @@ use crate::domain::validation::{ReplikaPlan, validate};
 pub(super) const RETRY_BLOCKED: Duration = Duration::from_secs(10);
 
 /// Entry point for the controller: runs the pass under the cleanup finalizer.
-pub async fn reconcile(replika: Arc<Replika>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(mut replika: Arc<Replika>, ctx: Arc<Context>) -> Result<Action, Error> {
     let owner = owner_of(&replika)?;
     let api: Api<Replika> = Api::namespaced(ctx.client.clone(), &owner.namespace);
     let deleting = replika.metadata.deletion_timestamp.is_some();
@@ -54,6 +54,13 @@ pub async fn reconcile(replika: Arc<Replika>, ctx: Arc<Context>) -> Result<Actio
             .await?;
             return Ok(Action::await_change());
         }
+        // The finalizer is added here and the pass goes on with the object the
+        // patch returned, rather than waiting for its watch event: a new
+        // Replika's copies arrive one round trip sooner.
+        if !ctx.settings.leadership.is_valid() {
+            return Ok(Action::requeue(RETRY_BLOCKED));
+        }
+        replika = Arc::new(add_finalizer(&api, &replika).await?);
     }
     finalizer(&api, FINALIZER, replika, |event| async {
         match event {
@@ -63,6 +70,30 @@ pub async fn reconcile(replika: Arc<Replika>, ctx: Arc<Context>) -> Result<Actio
     })
     .await
     .map_err(|error| Error::Finalizer(Box::new(error)))
+}
+
+/// Adds [`FINALIZER`] to `replika`, only if its finalizers are still as
+/// seen (the `test` operation), and returns the stored result.
+async fn add_finalizer(api: &Api<Replika>, replika: &Replika) -> Result<Replika, Error> {
+    let operations = match &replika.metadata.finalizers {
+        None => serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ]),
+        Some(finalizers) => serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ]),
+    };
+    let patch: json_patch::Patch = serde_json::from_value(operations)
+        .map_err(|error| Error::Kube(kube::Error::SerdeError(error)))?;
+    Ok(api
+        .patch(
+            &replika.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await?)
 }
 
 /// Retries a failed pass with a short delay.

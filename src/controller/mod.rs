@@ -8,7 +8,8 @@
 //!   says what became of each, [`written`] remembers the versions it wrote.
 //! - [`previous_copies`]: removing the copies made under a previous name or kind.
 //! - [`reconcile`]: one pass over one Replika, with [`caches`] (its kind and
-//!   watches) and [`cleanup`] (pruning, and what a deleted Replika leaves).
+//!   watches), [`cleanup`] (pruning, and what a deleted Replika leaves) and
+//!   [`pass`] (what both start from and end with).
 //! - [`status`]: conditions, counts and Events.
 
 pub mod caches;
@@ -18,6 +19,7 @@ pub mod copy_index;
 pub mod error;
 pub mod kinds;
 pub mod outcome;
+pub mod pass;
 pub mod previous_copies;
 pub mod reconcile;
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
-use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -19,18 +18,14 @@ use super::cleanup::{cleanup, prune, take_over_legacy_finalizer};
 use super::copies::SyncRules;
 use super::kinds::ServedKind;
 use super::outcome::Outcome;
+use super::pass::{RETRY_BLOCKED, owner_of, report, scope_of};
 use super::previous_copies;
-use super::status::{Blocked, PassResult, next_status, publish};
+use super::status::{Blocked, PassResult};
 use super::{Context, Error};
 use crate::api::{FINALIZER, LEGACY_FINALIZER, Replika, SourceDeletedPolicy};
 use crate::domain::access::author_checks;
-use crate::domain::copy::{CopyTemplate, Owner};
-use crate::domain::plan::Scope;
-use crate::domain::targets::NamespaceView;
+use crate::domain::copy::CopyTemplate;
 use crate::domain::validation::{ReplikaPlan, validate};
-
-/// How soon a Replika blocked on something outside its spec is looked at again.
-pub(super) const RETRY_BLOCKED: Duration = Duration::from_secs(10);
 
 /// Entry point for the controller: runs the pass under the cleanup finalizer.
 pub async fn reconcile(mut replika: Arc<Replika>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -100,19 +95,6 @@ async fn add_finalizer(api: &Api<Replika>, replika: &Replika) -> Result<Replika,
 pub fn error_policy(replika: Arc<Replika>, error: &Error, _ctx: Arc<Context>) -> Action {
     warn!(replika = %ObjectRef::from_obj(&*replika), kind = error.label(), %error, "pass failed; retrying");
     Action::requeue(Duration::from_secs(5))
-}
-
-/// The Replika's identity; the API server always sets both, so a missing one
-/// is a bug upstream, never something to replicate under an empty owner.
-pub(super) fn owner_of(replika: &Replika) -> Result<Owner, Error> {
-    let missing = |field: &'static str| Error::Malformed(format!("the Replika has no {field}"));
-    Ok(Owner {
-        namespace: replika
-            .namespace()
-            .ok_or_else(|| missing("metadata.namespace"))?,
-        name: replika.name_any(),
-        uid: replika.uid().ok_or_else(|| missing("metadata.uid"))?,
-    })
 }
 
 async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
@@ -254,17 +236,6 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(plan.resync))
 }
 
-/// The scope of `plan` in the cluster as the caches show it now.
-pub(super) fn scope_of(replika: &Replika, plan: &ReplikaPlan, ctx: &Context) -> Scope {
-    let namespaces = ctx.namespaces.all();
-    let views: Vec<NamespaceView<'_>> = namespaces
-        .iter()
-        .map(|ns| NamespaceView::of(&ns.metadata))
-        .collect();
-    let replikas = ctx.replikas.state();
-    Scope::of(replika, plan, replikas.iter().map(|r| &**r), &views)
-}
-
 /// Fails closed: why this pass must not write, unless the Replika carries a
 /// valid attestation of its author and that author may (still) read the source
 /// and write the kind wherever copies go.
@@ -300,14 +271,4 @@ async fn unauthorized(
             author.username
         ))),
     }
-}
-
-pub(super) async fn report(
-    ctx: &Context,
-    replika: &Replika,
-    result: PassResult,
-) -> Result<(), Error> {
-    let status = next_status(replika, &result, Timestamp::now());
-    publish(ctx, replika, &result, status).await?;
-    Ok(())
 }

@@ -21,24 +21,7 @@ use testenv::{CommandOutput, wait_for};
 /// A ConfigMap Replika `name` in `source_ns` copying the ConfigMap `source`;
 /// `target` is the body of `spec.target`.
 fn configmap_replika(name: &str, source_ns: &str, source: &str, target: &str) -> String {
-    format!(
-        r#"
-apiVersion: replika.prosimcorp.com/v1beta1
-kind: Replika
-metadata:
-  name: {name}
-  namespace: {source_ns}
-spec:
-  synchronization:
-    time: "30s"
-  source:
-    group: ""
-    version: v1
-    kind: ConfigMap
-    name: {source}
-  target: {target}
-"#
-    )
+    replika_manifest(name, source_ns, "ConfigMap", source, target, "{}")
 }
 
 /// Patches the metadata of namespace `name` (a JSON merge patch).
@@ -226,30 +209,10 @@ async fn an_opt_in_replika_reaches_only_namespaces_that_accept_its_source() {
     )
     .await;
     let manifest = |opt_in: bool| {
-        format!(
-            r#"
-apiVersion: replika.prosimcorp.com/v1beta1
-kind: Replika
-metadata:
-  name: tls
-  namespace: {src}
-spec:
-  synchronization:
-    time: "30s"
-  source:
-    group: ""
-    version: v1
-    kind: Secret
-    name: tls
-  target:
-    namespaces:
-      matchAll: false
-      selector:
-        matchLabels:
-          {label}: "yes"
-      requireOptIn: {opt_in}
-"#
-        )
+        let target = format!(
+            "{{namespaces: {{matchAll: false, selector: {{matchLabels: {{{label}: \"yes\"}}}}, requireOptIn: {opt_in}}}}}"
+        );
+        replika_manifest("tls", &src, "Secret", "tls", &target, "{}")
     };
 
     // Without opt-in, admission warns that labels alone decide.
@@ -347,29 +310,11 @@ async fn key_filters_shape_every_copy_and_a_key_dropped_from_include_vanishes() 
         .await
         .expect("creating the source Secret");
     let manifest = |data: &str| {
-        format!(
-            r#"
-apiVersion: replika.prosimcorp.com/v1beta1
-kind: Replika
-metadata:
-  name: certs
-  namespace: {src}
-spec:
-  synchronization:
-    time: "30s"
-  source:
-    group: ""
-    version: v1
-    kind: Secret
-    name: certs
-  target:
-    namespaces:
-      matchAll: false
-      replicateIn: [{}]
-    data: {data}
-"#,
+        let target = format!(
+            "{{namespaces: {{matchAll: false, replicateIn: [{}]}}, data: {data}}}",
             targets.join(", ")
-        )
+        );
+        replika_manifest("certs", &src, "Secret", "certs", &target, "{}")
     };
     let wait_for_keys = |wanted: &'static [&'static str]| {
         let (client, targets) = (&client, &targets);

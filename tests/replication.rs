@@ -25,26 +25,8 @@ fn replika_yaml(
     targets: &str,
     policy: &str,
 ) -> String {
-    format!(
-        r#"
-apiVersion: replika.prosimcorp.com/v1beta1
-kind: Replika
-metadata:
-  name: {name}
-  namespace: {source_ns}
-spec:
-  synchronization:
-    time: "30s"
-  source:
-    group: ""
-    version: v1
-    kind: {kind}
-    name: {source}
-  target:
-    namespaces: {targets}
-  policy: {policy}
-"#
-    )
+    let target = format!("{{namespaces: {targets}}}");
+    replika_manifest(name, source_ns, kind, source, &target, policy)
 }
 
 fn list_targets(namespaces: &[&str]) -> String {
@@ -93,14 +75,14 @@ async fn holders(client: &Client, name: &str) -> BTreeSet<String> {
 }
 
 #[tokio::test]
-async fn seed_sample_copies_to_every_namespace_but_the_excluded_and_the_source() {
+async fn the_earlier_operators_sample_copies_to_every_namespace_but_the_excluded_and_the_source() {
     let h = harness();
     let client = h.admin().await;
-    let source_ns = namespace(&client, "seed-src").await;
-    let excluded = namespace(&client, "seed-excluded").await;
+    let source_ns = namespace(&client, "sample-src").await;
+    let excluded = namespace(&client, "sample-excluded").await;
     let name = format!("sample-{source_ns}");
     create_configmap(&client, &source_ns, &name, &[("example-key", "value")]).await;
-    // The seed's sample, field for field, with this test's names.
+    // The earlier Go operator's sample, field for field, with this test's names.
     h.kubectl_apply(&format!(
         r#"
 apiVersion: replika.prosimcorp.com/v1beta1

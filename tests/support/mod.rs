@@ -370,6 +370,38 @@ impl Harness {
     }
 }
 
+/// A Replika manifest `namespace/name` copying the core-group object
+/// `kind/source` of its own namespace; `target` is the body of `spec.target`
+/// and `policy` of `spec.policy`, in YAML flow style (e.g. `{}`).
+pub fn replika_manifest(
+    name: &str,
+    namespace: &str,
+    kind: &str,
+    source: &str,
+    target: &str,
+    policy: &str,
+) -> String {
+    format!(
+        r#"
+apiVersion: replika.prosimcorp.com/v1beta1
+kind: Replika
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  synchronization:
+    time: "30s"
+  source:
+    group: ""
+    version: v1
+    kind: {kind}
+    name: {source}
+  target: {target}
+  policy: {policy}
+"#
+    )
+}
+
 /// Namespaces with this label are not matched by the webhooks of
 /// [`register_webhooks`]: Replikas there are stored as if admission had been bypassed.
 pub const NO_ADMISSION_LABEL: &str = "replika.test/no-admission";

@@ -12,8 +12,8 @@ use crate::accounting::{LEASE, WATCH};
 use crate::figures::{Phase, Propagation, Results, WebhookFigures};
 use crate::stats::{Spread, Summary};
 
-/// From this many namespaces on, the large-scale targets apply (issue 14,
-/// item 4); below, the tightened ones of the default scale (item 5).
+/// From this many namespaces on, the large-scale targets of docs/benchmarks.md
+/// apply; below, the tightened ones of the default scale.
 pub const LARGE_SCALE: usize = 10_000;
 
 /// The targets of docs/benchmarks.md at one scale.

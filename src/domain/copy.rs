@@ -251,9 +251,9 @@ fn content_hash(body: &Value) -> String {
 /// all the engine needs to know about an object in a target namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CopyMarks {
-    /// Labelled as created by Replika (by this operator or the seed's).
+    /// Labelled as created by Replika (by this operator or the earlier Go operator).
     pub created_by_replika: bool,
-    /// Name of the Replika it was made for (the seed's `part-of` label).
+    /// Name of the Replika it was made for (the `part-of` label the earlier Go operator also set).
     pub part_of: Option<String>,
     /// `namespace/name` of the Replika that wrote it.
     pub owner: Option<String>,
@@ -293,7 +293,7 @@ impl CopyMarks {
                     .clone()
                     .unwrap_or_else(|| "an unknown Replika".into()),
             ),
-            // Labelled by Replika but without an owner UID: written by the seed operator.
+            // Labelled by Replika but without an owner UID: written by the earlier Go operator.
             None if self.part_of.as_deref() == Some(owner.name.as_str()) => Ownership::Inherited,
             None => Ownership::Unowned,
         }
@@ -526,8 +526,8 @@ mod tests {
     }
 
     #[test]
-    fn the_seed_operators_copies_are_inherited_by_the_replika_they_name() {
-        let seed_labels = |part_of: &str| {
+    fn the_earlier_go_operators_copies_are_inherited_by_the_replika_they_name() {
+        let go_operator_labels = |part_of: &str| {
             BTreeMap::from([
                 (LABEL_CREATED_BY.to_string(), CREATED_BY_VALUE.to_string()),
                 (LABEL_PART_OF.to_string(), part_of.to_string()),
@@ -539,14 +539,17 @@ mod tests {
         };
         let none = BTreeMap::new();
         assert_eq!(
-            ownership(&seed_labels("creds"), &none),
+            ownership(&go_operator_labels("creds"), &none),
             Ownership::Inherited
         );
-        assert_eq!(ownership(&seed_labels("other"), &none), Ownership::Unowned);
+        assert_eq!(
+            ownership(&go_operator_labels("other"), &none),
+            Ownership::Unowned
+        );
         // Once adopted (or made by us) the UID decides, whatever the label says.
         let theirs = BTreeMap::from([(ANNOTATION_OWNER_UID.to_string(), "uid-2".to_string())]);
         assert_eq!(
-            ownership(&seed_labels("creds"), &theirs),
+            ownership(&go_operator_labels("creds"), &theirs),
             Ownership::OtherReplika("an unknown Replika".into())
         );
         let predecessor = BTreeMap::from([
@@ -554,7 +557,7 @@ mod tests {
             (ANNOTATION_OWNER.to_string(), "platform/creds".to_string()),
         ]);
         assert_eq!(
-            ownership(&seed_labels("creds"), &predecessor),
+            ownership(&go_operator_labels("creds"), &predecessor),
             Ownership::Predecessor("uid-0".into())
         );
         let part_of_only = BTreeMap::from([(LABEL_PART_OF.to_string(), "creds".to_string())]);

@@ -141,6 +141,7 @@ pub(super) async fn cleanup(replika: &Replika, ctx: &Context) -> Result<Action, 
     ctx.watches.forget(&replika_ref);
     ctx.written.forget_owner(&owner.uid);
     ctx.record_synced(&owner.uid, None);
+    ctx.record_cleaned(&owner.uid);
     Ok(Action::await_change())
 }
 

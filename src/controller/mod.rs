@@ -43,7 +43,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::{ANNOTATION_AUTHOR, ANNOTATION_AUTHOR_SIGNATURE, Replika};
 use crate::authorization::Authorizer;
@@ -100,6 +100,10 @@ pub struct Context {
     pub replikas: reflector::Store<Replika>,
     /// Copies in sync per Replika UID, summed into the `copies_managed` gauge.
     pub synced_copies: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// UIDs of deleted Replikas whose cleanup this process finished: a pass
+    /// that still sees one (the finalizer's removal not yet in the cache) must
+    /// not open its watches again.
+    pub cleaned: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -118,6 +122,25 @@ impl Context {
             metrics: &self.metrics,
             created: Default::default(),
         }
+    }
+
+    /// Records that the cleanup of the Replika with `uid` is done, and forgets
+    /// those of Replikas the cache no longer holds.
+    pub fn record_cleaned(&self, uid: &str) {
+        let live: std::collections::HashSet<String> = self
+            .replikas
+            .state()
+            .iter()
+            .filter_map(|r| r.uid())
+            .collect();
+        let mut cleaned = locks::lock(&self.cleaned);
+        cleaned.retain(|done| live.contains(done));
+        cleaned.insert(uid.to_string());
+    }
+
+    /// Whether this process finished the cleanup of the Replika with `uid`.
+    pub fn is_cleaned(&self, uid: &str) -> bool {
+        locks::lock(&self.cleaned).contains(uid)
     }
 
     /// Records how many copies of one Replika are in sync (`None`: it is gone).
@@ -178,6 +201,7 @@ pub async fn run(
         authorizer,
         replikas: replika_store.clone(),
         synced_copies: Default::default(),
+        cleaned: Default::default(),
     });
     info!("replication engine started");
     let replika_changes = watcher::watcher(
@@ -213,8 +237,13 @@ pub async fn run(
                     result: outcome.into(),
                 })
                 .inc();
-            if let Err(error) = result {
-                warn!(%error, "reconcile failed");
+            match result {
+                // A pass queued for a Replika deleted meanwhile: nothing to do.
+                Err(error @ kube::runtime::controller::Error::ObjectNotFound(_)) => {
+                    debug!(%error, "a pass was asked for a Replika that is gone");
+                }
+                Err(error) => warn!(%error, "reconcile failed"),
+                Ok(_) => {}
             }
             std::future::ready(())
         })

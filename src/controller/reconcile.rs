@@ -32,6 +32,11 @@ pub async fn reconcile(mut replika: Arc<Replika>, ctx: Arc<Context>) -> Result<A
     let owner = owner_of(&replika)?;
     let api: Api<Replika> = Api::namespaced(ctx.client.clone(), &owner.namespace);
     let deleting = replika.metadata.deletion_timestamp.is_some();
+    if deleting && ctx.is_cleaned(&owner.uid) {
+        // Cleaned up already; only the finalizer's removal may be left to do.
+        remove_finalizer(&api, &replika).await?;
+        return Ok(Action::await_change());
+    }
     if replika.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
         return take_over_legacy_finalizer(&api, &replika, deleting, &ctx).await;
     }
@@ -89,6 +94,32 @@ async fn add_finalizer(api: &Api<Replika>, replika: &Replika) -> Result<Replika,
             &Patch::Json::<()>(patch),
         )
         .await?)
+}
+
+/// Removes [`FINALIZER`] from `replika` if it is still there; a Replika
+/// already gone, or whose finalizers changed meanwhile, needs nothing more.
+async fn remove_finalizer(api: &Api<Replika>, replika: &Replika) -> Result<(), Error> {
+    let Some(index) = replika.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{index}");
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": path, "value": FINALIZER},
+        {"op": "remove", "path": path},
+    ]))
+    .map_err(|error| Error::Kube(kube::Error::SerdeError(error)))?;
+    match api
+        .patch(
+            &replika.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() || status.is_invalid() => Ok(()),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Retries a failed pass with a short delay.

@@ -109,15 +109,15 @@ async fn copies_take_the_target_name_and_renaming_removes_the_old_ones() {
     ));
     wait_for_copy(&client, &target, "settings-v2", &[("k", "v2")]).await;
     wait_for_absence(&client, &target, "shared-settings").await;
-    let copies = get_replika(&client, &src, "settings")
-        .await
-        .status
-        .and_then(|status| status.copies)
-        .expect("status.copies");
-    assert_eq!(
-        (copies.kind.as_str(), copies.name.as_str()),
-        ("ConfigMap", "settings-v2")
-    );
+    // The status written after the pass records the copies' new name.
+    wait_for("status.copies to name settings-v2", DEADLINE, || async {
+        let copies = get_replika(&client, &src, "settings")
+            .await
+            .status?
+            .copies?;
+        (copies.kind == "ConfigMap" && copies.name == "settings-v2").then_some(())
+    })
+    .await;
 
     // A name that is not an object name is denied up front.
     let denied = kubectl_apply_output(

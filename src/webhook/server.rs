@@ -23,6 +23,11 @@ use tracing::{debug, info, warn};
 pub struct Limits {
     pub max_connections: usize,
     pub handshake_timeout: Duration,
+    /// How long a connection may wait for a request head, idle keep-alive
+    /// time included (hyper counts both). Longer than the API server's 90 s
+    /// idle-connection timeout: a server that closes a kept connection first
+    /// races the API server reusing it, which then fails the admission with
+    /// "broken pipe".
     pub header_read_timeout: Duration,
 }
 
@@ -31,7 +36,7 @@ impl Default for Limits {
         Limits {
             max_connections: 256,
             handshake_timeout: Duration::from_secs(5),
-            header_read_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(120),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, stream};
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use tracing::{info, warn};
@@ -15,7 +15,7 @@ use super::caches::{CacheState, Caches, open_caches};
 use super::copies::CopyWriter;
 use super::copy_index::{CopyIndex, CopyRecord};
 use super::outcome::describe;
-use super::pass::{RETRY_BLOCKED, owner_of, report, scope_of};
+use super::pass::{RETRY_BLOCKED, json_patch, owner_of, report, scope_of};
 use super::previous_copies;
 use super::status::{Blocked, PassResult};
 use super::watches::WatchView;
@@ -98,14 +98,7 @@ pub(super) async fn take_over_legacy_finalizer(
             });
         }
     }
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(operations))
-        .map_err(|error| Error::Kube(kube::Error::SerdeError(error)))?;
-    api.patch(
-        &replika.name_any(),
-        &PatchParams::default(),
-        &Patch::Json::<()>(patch),
-    )
-    .await?;
+    json_patch(api, replika, serde_json::Value::Array(operations)).await?;
     info!(replika = %ObjectRef::from_obj(replika), deleting, "took over the earlier Go operator's finalizer");
     // The patch is a change of finalizers: it brings the next pass.
     Ok(Action::await_change())

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 
 use super::status::{PassResult, next_status, publish};
 use super::{Context, Error};
@@ -51,4 +52,21 @@ pub(super) async fn report(
     let status = next_status(replika, &result, Timestamp::now());
     publish(ctx, replika, &result, status).await?;
     Ok(())
+}
+
+/// Applies a JSON patch of `operations` (guarded by their `test`s) to
+/// `replika`, e.g. to its finalizers; the stored result.
+pub(super) async fn json_patch(
+    api: &Api<Replika>,
+    replika: &Replika,
+    operations: serde_json::Value,
+) -> Result<Replika, kube::Error> {
+    let patch: json_patch::Patch =
+        serde_json::from_value(operations).map_err(kube::Error::SerdeError)?;
+    api.patch(
+        &replika.name_any(),
+        &PatchParams::default(),
+        &Patch::Json::<()>(patch),
+    )
+    .await
 }

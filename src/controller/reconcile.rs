@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -18,7 +18,7 @@ use super::cleanup::{cleanup, prune, take_over_legacy_finalizer};
 use super::copies::SyncRules;
 use super::kinds::ServedKind;
 use super::outcome::Outcome;
-use super::pass::{RETRY_BLOCKED, owner_of, report, scope_of};
+use super::pass::{RETRY_BLOCKED, json_patch, owner_of, report, scope_of};
 use super::previous_copies;
 use super::status::{Blocked, PassResult};
 use super::{Context, Error};
@@ -85,15 +85,7 @@ async fn add_finalizer(api: &Api<Replika>, replika: &Replika) -> Result<Replika,
             {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
         ]),
     };
-    let patch: json_patch::Patch = serde_json::from_value(operations)
-        .map_err(|error| Error::Kube(kube::Error::SerdeError(error)))?;
-    Ok(api
-        .patch(
-            &replika.name_any(),
-            &PatchParams::default(),
-            &Patch::Json::<()>(patch),
-        )
-        .await?)
+    Ok(json_patch(api, replika, operations).await?)
 }
 
 /// Removes [`FINALIZER`] from `replika` if it is still there; a Replika
@@ -103,19 +95,11 @@ async fn remove_finalizer(api: &Api<Replika>, replika: &Replika) -> Result<(), E
         return Ok(());
     };
     let path = format!("/metadata/finalizers/{index}");
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+    let operations = serde_json::json!([
         {"op": "test", "path": path, "value": FINALIZER},
         {"op": "remove", "path": path},
-    ]))
-    .map_err(|error| Error::Kube(kube::Error::SerdeError(error)))?;
-    match api
-        .patch(
-            &replika.name_any(),
-            &PatchParams::default(),
-            &Patch::Json::<()>(patch),
-        )
-        .await
-    {
+    ]);
+    match json_patch(api, replika, operations).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.is_not_found() || status.is_invalid() => Ok(()),
         Err(error) => Err(error.into()),

@@ -18,6 +18,20 @@ pub struct ReconcileLabels {
     pub result: String,
 }
 
+/// How many targets a pass that replicated looked at.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum PassScope {
+    /// Every target.
+    Whole,
+    /// Only the namespaces where something changed.
+    Narrow,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassLabels {
+    pub scope: PassScope,
+}
+
 /// A write to a copy.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum CopyOperation {
@@ -74,6 +88,7 @@ macro_rules! snake_case_label_values {
 
 snake_case_label_values! {
     CopyOperation { Create => "create", Update => "update", Replace => "replace", Delete => "delete" }
+    PassScope { Whole => "whole", Narrow => "narrow" }
     Webhook { Validate => "validate", Mutate => "mutate" }
     WebhookResult { Allowed => "allowed", Denied => "denied", BadRequest => "bad_request" }
 }
@@ -82,6 +97,7 @@ snake_case_label_values! {
 pub struct Metrics {
     registry: Registry,
     pub reconciles: Family<ReconcileLabels, Counter>,
+    pub passes: Family<PassLabels, Counter>,
     pub copy_writes: Family<CopyWriteLabels, Counter>,
     pub copies_managed: Gauge<i64, AtomicI64>,
     pub propagation: Histogram,
@@ -104,6 +120,12 @@ impl Metrics {
             "reconciles",
             "Reconcile passes, by result",
             reconciles.clone(),
+        );
+        let passes = Family::<PassLabels, Counter>::default();
+        registry.register(
+            "passes",
+            "Passes that replicated, by the targets they looked at: every one (whole) or those in namespaces that changed (narrow)",
+            passes.clone(),
         );
         let copy_writes = Family::<CopyWriteLabels, Counter>::default();
         registry.register(
@@ -147,6 +169,7 @@ impl Metrics {
         Metrics {
             registry,
             reconciles,
+            passes,
             copy_writes,
             copies_managed,
             propagation,

@@ -154,6 +154,14 @@ subjects:
         "both copies' propagation observed: {propagated_before} → {propagated}"
     );
     assert!(metric(port, "replika_copy_writes_total{operation=\"update\"}").await >= 2.0);
+    assert!(metric(port, "replika_passes_total{scope=\"whole\"}").await >= 2.0);
+
+    // A namespace created concerns each Replika in that namespace alone.
+    namespace(&admin, "metrics-new").await;
+    wait_for("a narrow pass to be counted", DEADLINE, || async {
+        (metric(port, "replika_passes_total{scope=\"narrow\"}").await >= 1.0).then_some(())
+    })
+    .await;
 }
 
 /// One leader-elected operator process with its own operations port.

@@ -239,6 +239,109 @@ async fn source_changes_propagate_and_edited_copies_are_restored() {
     );
 }
 
+/// Waits until the Replika `namespace/name` counts `(desired, synced, conflicts)` targets.
+async fn wait_for_counts(client: &Client, namespace: &str, name: &str, counts: (u32, u32, u32)) {
+    wait_for(
+        &format!("{namespace}/{name} to count (desired, synced, conflicts) = {counts:?}"),
+        DEADLINE,
+        || async {
+            let targets = get_replika(client, namespace, name).await.status?.targets?;
+            ((targets.desired, targets.synced, targets.conflicts) == counts).then_some(())
+        },
+    )
+    .await;
+}
+
+/// With an hour between resyncs, nothing but the change itself can make a
+/// pass act: a namespace created, relabelled, an object in the way removed,
+/// a copy deleted or edited — each is handled where it happened, at once, and
+/// the status still counts every target.
+#[tokio::test]
+async fn a_change_in_one_namespace_is_handled_at_once_and_counted() {
+    let h = harness();
+    let client = h.admin().await;
+    let src = namespace(&client, "narrow-src").await;
+    create_configmap(&client, &src, "narrow", &[("k", "v")]).await;
+    let (key, label) = ("replika.test/narrow", format!("narrow-{src}"));
+    let first = labelled_namespace(&client, "narrow-a", key, &label).await;
+    let targets = format!("{{matchAll: false, selector: {{matchLabels: {{{key}: {label}}}}}}}");
+    let manifest = replika_yaml("narrow", &src, "ConfigMap", "narrow", &targets, "{}");
+    h.kubectl_apply(&manifest.replace("time: \"30s\"", "time: \"1h\""));
+    wait_for_copy(&client, &first, "narrow", &[("k", "v")]).await;
+    wait_for_counts(&client, &src, "narrow", (1, 1, 0)).await;
+
+    // A namespace created into the selector gets its copy.
+    let second = labelled_namespace(&client, "narrow-b", key, &label).await;
+    wait_for_copy(&client, &second, "narrow", &[("k", "v")]).await;
+    wait_for_counts(&client, &src, "narrow", (2, 2, 0)).await;
+
+    // One labelled into it with someone else's object in the way: a conflict, listed.
+    let third = namespace(&client, "narrow-c").await;
+    create_configmap(&client, &third, "narrow", &[("k", "theirs")]).await;
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let set_label = |ns: String, value: Option<String>| {
+        let namespaces = namespaces.clone();
+        async move {
+            let patch = json!({"metadata": {"labels": {key: value}}});
+            namespaces
+                .patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("labelling a namespace");
+        }
+    };
+    set_label(third.clone(), Some(label.clone())).await;
+    wait_for_counts(&client, &src, "narrow", (3, 2, 1)).await;
+    let failures = get_replika(&client, &src, "narrow")
+        .await
+        .status
+        .expect("status")
+        .failures;
+    assert_eq!(
+        failures
+            .iter()
+            .map(|f| (f.namespace.as_str(), f.reason.as_str()))
+            .collect::<Vec<_>>(),
+        [(third.as_str(), "Conflict")]
+    );
+
+    // Their object removed, the copy takes its place.
+    let configmaps = |ns: &str| Api::<ConfigMap>::namespaced(client.clone(), ns);
+    configmaps(&third)
+        .delete("narrow", &DeleteParams::default())
+        .await
+        .expect("deleting their object");
+    wait_for_copy(&client, &third, "narrow", &[("k", "v")]).await;
+    wait_for_counts(&client, &src, "narrow", (3, 3, 0)).await;
+
+    // A copy deleted by hand comes back; one edited by hand is restored.
+    let deleted = get_configmap(&client, &first, "narrow")
+        .await
+        .expect("the copy");
+    configmaps(&first)
+        .delete("narrow", &DeleteParams::default())
+        .await
+        .expect("deleting a copy");
+    wait_for("the deleted copy to be made again", DEADLINE, || async {
+        let copy = get_configmap(&client, &first, "narrow").await?;
+        (copy.uid() != deleted.uid()).then_some(())
+    })
+    .await;
+    configmaps(&second)
+        .patch(
+            "narrow",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"k": "edited"}})),
+        )
+        .await
+        .expect("editing a copy");
+    wait_for_copy(&client, &second, "narrow", &[("k", "v")]).await;
+
+    // Labelled out: loses its copy, and the counts follow.
+    set_label(first.clone(), None).await;
+    wait_for_absence(&client, &first, "narrow").await;
+    wait_for_counts(&client, &src, "narrow", (2, 2, 0)).await;
+}
+
 #[tokio::test]
 async fn namespaces_entering_and_leaving_the_target_set() {
     let h = harness();

@@ -32,19 +32,22 @@ pub(super) struct Pruned {
     pub failed: usize,
 }
 
-/// Deletes our copies outside `keep`.
+/// Deletes our copies outside `keep`, among the namespaces `among` only
+/// when given (a narrow pass).
 pub(super) async fn prune(
     writer: &CopyWriter<'_>,
     copies: &WatchView<CopyIndex>,
     owner: &Owner,
     scope: &Scope,
     keep: &BTreeSet<String>,
+    among: Option<&BTreeSet<String>>,
     ctx: &Context,
 ) -> Pruned {
     let stale: Vec<Arc<CopyRecord>> = copies
         .store
         .all()
         .into_iter()
+        .filter(|copy| among.is_none_or(|among| among.contains(&copy.namespace)))
         .filter(|copy| is_stale(copy.found(), owner, scope, keep))
         .collect();
     stream::iter(stale)
@@ -134,6 +137,8 @@ pub(super) async fn cleanup(replika: &Replika, ctx: &Context) -> Result<Action, 
     ctx.watches.forget(&replika_ref);
     ctx.written.forget_owner(&owner.uid);
     ctx.record_synced(&owner.uid, None);
+    ctx.forget_whole_pass(&owner.uid);
+    ctx.due.take(&replika_ref);
     ctx.record_cleaned(&owner.uid);
     Ok(Action::await_change())
 }
@@ -156,6 +161,7 @@ async fn remove_or_release(
                 owner,
                 &scope,
                 &BTreeSet::new(),
+                None,
                 ctx,
             )
             .await;

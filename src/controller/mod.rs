@@ -1,7 +1,8 @@
 //! The reconciler and the watches that drive it: all of Replika's Kubernetes I/O
 //! for replication lives here, while the rules it applies live in [`crate::domain`].
 //!
-//! - [`watches`]: caches of namespaces, sources and same-named objects, and the triggers they fire.
+//! - [`watches`]: caches of namespaces, sources and same-named objects, and the triggers they fire;
+//!   [`due`] says whether a Replika's next pass looks at every target or a few namespaces.
 //! - [`kinds`]: discovery of the kinds Replikas name.
 //! - [`copy_index`]: the compact cache of copies (and of objects in their way).
 //! - [`copies`]: writing, replacing, pruning and orphaning copies; [`outcome`]
@@ -16,6 +17,7 @@ pub mod caches;
 pub mod cleanup;
 pub mod copies;
 pub mod copy_index;
+pub mod due;
 pub mod error;
 pub mod kinds;
 pub mod outcome;
@@ -38,6 +40,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt};
@@ -104,6 +107,10 @@ pub struct Context {
     /// that still sees one (the finalizer's removal not yet in the cache) must
     /// not open its watches again.
     pub cleaned: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// What each Replika's next pass must look at.
+    pub due: Arc<due::DuePasses>,
+    /// The last whole pass over each Replika (by UID), for narrow passes.
+    pub whole_passes: std::sync::Mutex<std::collections::HashMap<String, due::WholePass>>,
 }
 
 impl Context {
@@ -136,6 +143,11 @@ impl Context {
         let mut cleaned = locks::lock(&self.cleaned);
         cleaned.retain(|done| live.contains(done));
         cleaned.insert(uid.to_string());
+    }
+
+    /// Forgets the last whole pass over the Replika with `uid`: its next pass is whole.
+    pub fn forget_whole_pass(&self, uid: &str) {
+        locks::lock(&self.whole_passes).remove(uid);
     }
 
     /// Whether this process finished the cleanup of the Replika with `uid`.
@@ -172,18 +184,21 @@ pub async fn run(
     telemetry: Telemetry,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (trigger_tx, mut trigger_rx) = mpsc::unbounded_channel();
-    let (namespace_tx, mut namespace_rx) = mpsc::unbounded_channel();
+    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel();
+    let due = Arc::new(due::DuePasses::new(wake_tx));
     let (namespaces, namespace_writer) = watches::NamespaceCache::new();
     let health = Arc::new(EngineHealth::new(telemetry.ready.clone()));
+    let (replika_store, replika_writer) = reflector::store();
     let namespace_task = tokio::spawn(watch_namespaces(
         client.clone(),
         namespaces.clone(),
         namespace_writer,
-        namespace_tx,
+        NamespaceChanges {
+            replikas: replika_store.clone(),
+            due: due.clone(),
+        },
         health.clone(),
     ));
-    let (replika_store, replika_writer) = reflector::store();
     let written = Arc::new(written::WrittenVersions::default());
     let reporter = Reporter {
         controller: MANAGER.into(),
@@ -192,7 +207,7 @@ pub async fn run(
     let context = Arc::new(Context {
         client: client.clone(),
         namespaces,
-        watches: watches::Watches::new(client.clone(), trigger_tx, written.clone()),
+        watches: watches::Watches::new(client.clone(), due.clone(), written.clone()),
         kinds: kinds::KindCache::new(client.clone()),
         recorder: Recorder::new(client.clone(), reporter),
         written: written.clone(),
@@ -202,6 +217,8 @@ pub async fn run(
         replikas: replika_store.clone(),
         synced_copies: Default::default(),
         cleaned: Default::default(),
+        due,
+        whole_passes: Default::default(),
     });
     info!("replication engine started");
     let replika_changes = watcher::watcher(
@@ -221,8 +238,7 @@ pub async fn run(
     let metrics = telemetry.metrics;
     controller
         .with_config(kube::runtime::Config::default().concurrency(settings.max_parallel_replikas))
-        .reconcile_on(poll_fn(move |cx| trigger_rx.poll_recv(cx)))
-        .reconcile_all_on(poll_fn(move |cx| namespace_rx.poll_recv(cx)))
+        .reconcile_on(poll_fn(move |cx| wake_rx.poll_recv(cx)))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, context)
         .for_each(|result| {
@@ -269,12 +285,31 @@ fn worth_a_pass(replika: &Replika) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// Where a namespace's change goes: to every Replika, as due in that
+/// namespace (a whole pass after a relist, when any may have changed).
+struct NamespaceChanges {
+    replikas: reflector::Store<Replika>,
+    due: Arc<due::DuePasses>,
+}
+
+impl NamespaceChanges {
+    fn changed(&self, namespace: Option<&str>) {
+        for replika in self.replikas.state() {
+            let replika = ObjectRef::from_obj(&*replika);
+            match namespace {
+                Some(namespace) => self.due.namespace(&replika, namespace),
+                None => self.due.whole(&replika),
+            }
+        }
+    }
+}
+
 /// Keeps the namespace cache current and signals every change that can move targets.
 async fn watch_namespaces(
     client: Client,
     cache: watches::NamespaceCache,
     writer: Writer<PartialObjectMeta<Namespace>>,
-    changed: mpsc::UnboundedSender<()>,
+    changes: NamespaceChanges,
     health: Arc<EngineHealth>,
 ) {
     let api = Api::<PartialObjectMeta<Namespace>>::all(client);
@@ -285,13 +320,13 @@ async fn watch_namespaces(
     futures::pin_mut!(stream);
     while let Some(event) = stream.next().await {
         match event {
-            Ok(Event::Apply(_) | Event::Delete(_)) => {
-                let _ = changed.send(());
+            Ok(Event::Apply(namespace) | Event::Delete(namespace)) => {
+                changes.changed(Some(&namespace.name_any()));
             }
             Ok(Event::InitDone) => {
                 cache.mark_synced();
                 health.namespaces_listed(true);
-                let _ = changed.send(());
+                changes.changed(None);
             }
             Ok(Event::Init | Event::InitApply(_)) => {}
             Err(error) => {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
 use kube::ResourceExt;
@@ -16,6 +16,7 @@ use tracing::warn;
 use super::caches::{CacheState, open_caches};
 use super::cleanup::{cleanup, prune, take_over_legacy_finalizer};
 use super::copies::SyncRules;
+use super::due::WholePass;
 use super::kinds::ServedKind;
 use super::outcome::Outcome;
 use super::pass::{RETRY_BLOCKED, json_patch, owner_of, report, scope_of};
@@ -26,6 +27,8 @@ use crate::api::{FINALIZER, LEGACY_FINALIZER, Replika, SourceDeletedPolicy};
 use crate::domain::access::author_checks;
 use crate::domain::copy::CopyTemplate;
 use crate::domain::validation::{ReplikaPlan, validate};
+use crate::locks::lock;
+use crate::metrics::{PassLabels, PassScope};
 
 /// Entry point for the controller: runs the pass under the cleanup finalizer.
 pub async fn reconcile(mut replika: Arc<Replika>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -114,7 +117,10 @@ pub fn error_policy(replika: Arc<Replika>, error: &Error, _ctx: Arc<Context>) ->
 
 async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let replika_ref = ObjectRef::from_obj(replika);
+    let due = ctx.due.take(&replika_ref);
     let owner = owner_of(replika)?;
+    // Put back only by a pass that replicates: any other makes the next one whole.
+    let last_whole = lock(&ctx.whole_passes).remove(&owner.uid);
     let plan = match validate(&replika.spec, &owner.namespace) {
         Ok(plan) => plan,
         Err(problems) => {
@@ -154,6 +160,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
                 &owner,
                 &scope,
                 &BTreeSet::new(),
+                None,
                 ctx,
             )
             .await;
@@ -183,6 +190,18 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     };
 
     let scope = scope_of(replika, &plan, ctx);
+    let source_version = source.resource_version();
+    let narrow = WholePass::narrows(
+        last_whole.as_ref(),
+        &due,
+        replika.metadata.generation,
+        source_version.as_deref(),
+        plan.resync,
+    );
+    let looked_at: Vec<&String> = match narrow {
+        Some(namespaces) => namespaces.intersection(&scope.targets).collect(),
+        None => scope.targets.iter().collect(),
+    };
     let existing = caches.copies.store.snapshot();
 
     let rules = SyncRules {
@@ -191,7 +210,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         scope: &scope,
     };
     let source_changed_at = caches.source.health.last_change();
-    let outcomes: BTreeMap<String, Outcome> = stream::iter(scope.targets.iter().cloned())
+    let outcomes: BTreeMap<String, Outcome> = stream::iter(looked_at.into_iter().cloned())
         .map(|namespace| {
             let found = existing.get(&namespace).cloned();
             let (writer, template, rules) = (&writer, &template, &rules);
@@ -215,16 +234,29 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     writer
         .upgrade_created(ctx.settings.max_parallel_writes)
         .await;
-    let mut pruned = prune(&writer, &caches.copies, &owner, &scope, &scope.targets, ctx)
-        .await
-        .removed;
+    let mut pruned = prune(
+        &writer,
+        &caches.copies,
+        &owner,
+        &scope,
+        &scope.targets,
+        narrow,
+        ctx,
+    )
+    .await
+    .removed;
     let current = previous_copies::identity(&caches.kind.resource, &plan.copy.name);
-    let copies = match previous_copies::superseded(replika, &current) {
-        None => current,
+    // A narrow pass follows a whole one that settled the copies' identity.
+    let superseded = match narrow {
+        Some(_) => None,
+        None => previous_copies::superseded(replika, &current),
+    };
+    let copies = match superseded {
+        None => current.clone(),
         Some(previous) => match previous_copies::remove(&previous, &owner, ctx).await {
             Ok(removed) => {
                 pruned += removed;
-                current
+                current.clone()
             }
             Err(error) => {
                 // Still recorded as the copies' identity, so the next pass retries.
@@ -239,16 +271,50 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     if outcomes.values().any(Outcome::is_refusal) {
         return Ok(Action::requeue(RETRY_BLOCKED));
     }
+    let (outcomes, whole_pass) = match (narrow, last_whole) {
+        (Some(namespaces), Some(mut last)) => {
+            let outcomes = last.outcomes_after(&scope.targets, namespaces, outcomes);
+            (outcomes, last)
+        }
+        _ => {
+            let problems = outcomes
+                .iter()
+                .filter(|(_, outcome)| !outcome.is_synced())
+                .map(|(namespace, outcome)| (namespace.clone(), outcome.clone()))
+                .collect();
+            let whole_pass = WholePass {
+                generation: replika.metadata.generation,
+                source_version: source_version.clone(),
+                finished: Instant::now(),
+                problems,
+            };
+            (outcomes, whole_pass)
+        }
+    };
     let synced = outcomes.values().filter(|o| o.is_synced()).count();
     ctx.record_synced(&owner.uid, Some(u32::try_from(synced).unwrap_or(u32::MAX)));
+    let looked = if narrow.is_some() {
+        PassScope::Narrow
+    } else {
+        PassScope::Whole
+    };
+    ctx.metrics
+        .passes
+        .get_or_create(&PassLabels { scope: looked })
+        .inc();
+    let settled = copies == current;
     let result = PassResult::Replicated {
         outcomes,
         pruned,
-        source_resource_version: source.resource_version(),
+        source_resource_version: source_version,
         copies,
     };
     report(ctx, replika, result).await?;
-    Ok(Action::requeue(plan.resync))
+    let next_whole = whole_pass.resync_in(plan.resync);
+    if settled {
+        lock(&ctx.whole_passes).insert(owner.uid, whole_pass);
+    }
+    Ok(Action::requeue(next_whole))
 }
 
 /// Fails closed: why this pass must not write, unless the Replika carries a

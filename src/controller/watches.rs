@@ -1,4 +1,4 @@
-//! Caches fed by watches, and the reconcile triggers they fire.
+//! Caches fed by watches, and the passes their changes make due ([`super::due`]).
 //!
 //! Memory stays proportional to what Replikas reference: namespaces are cached
 //! by metadata; each Replika's source is watched alone (one object, full body);
@@ -20,18 +20,15 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::copy_index::{CopyIndex, CopyIndexWriter, CopyMeta};
+use super::due::DuePasses;
 use super::written::WrittenVersions;
 use crate::api::Replika;
 use crate::domain::validation::SourceRef;
 use crate::locks::lock;
-
-/// Reconcile requests fired by watches.
-pub type Trigger = mpsc::UnboundedSender<ObjectRef<Replika>>;
 
 /// Every namespace, by metadata (labels and deletion state are all the target rule needs).
 #[derive(Clone)]
@@ -145,7 +142,7 @@ type SourceWatch = (SourceRef, RunningWatch<Store<DynamicObject>>);
 /// The dynamic watches of all Replikas.
 pub struct Watches {
     client: Client,
-    trigger: Trigger,
+    due: Arc<DuePasses>,
     /// The copies' resource versions the engine wrote itself: their watch
     /// events are echoes of its own writes and trigger no pass.
     written: Arc<WrittenVersions>,
@@ -154,10 +151,10 @@ pub struct Watches {
 }
 
 impl Watches {
-    pub fn new(client: Client, trigger: Trigger, written: Arc<WrittenVersions>) -> Self {
+    pub fn new(client: Client, due: Arc<DuePasses>, written: Arc<WrittenVersions>) -> Self {
         Watches {
             client,
-            trigger,
+            due,
             written,
             sources: Mutex::default(),
             copies: Mutex::default(),
@@ -188,10 +185,12 @@ impl Watches {
             config,
             writer.as_reader(),
             HashSet::from([replika.clone()]),
-            self.trigger.clone(),
+            self.due.clone(),
             Handling {
                 store: Box::new(move |event| writer.apply_watcher_event(event)),
                 is_echo: Box::new(|_| false),
+                // A changed source concerns every copy.
+                namespace_of: |_| None,
             },
         );
         let view = running.view();
@@ -225,10 +224,12 @@ impl Watches {
             config,
             index,
             HashSet::from([replika.clone()]),
-            self.trigger.clone(),
+            self.due.clone(),
             Handling {
                 store: Box::new(move |event| writer.apply(event)),
                 is_echo: Box::new(move |copy: &CopyMeta| written.is_own_write(&copy.metadata)),
+                // A copy changed by someone else concerns its namespace alone.
+                namespace_of: |copy: &CopyMeta| copy.metadata.namespace.clone(),
             },
         );
         let view = running.view();
@@ -266,6 +267,8 @@ struct Handling<K> {
     store: StoreEvent<K>,
     /// Whether an object is the echo of the engine's own write, which wakes nobody.
     is_echo: Box<dyn Fn(&K) -> bool + Send>,
+    /// The one namespace a change of the object concerns (`None`: every target).
+    namespace_of: fn(&K) -> Option<String>,
 }
 
 fn spawn_watch<K, S>(
@@ -273,7 +276,7 @@ fn spawn_watch<K, S>(
     config: watcher::Config,
     store: S,
     subscribers: HashSet<ObjectRef<Replika>>,
-    trigger: Trigger,
+    due: Arc<DuePasses>,
     handling: Handling<K>,
 ) -> RunningWatch<S>
 where
@@ -286,7 +289,7 @@ where
         config,
         health.clone(),
         subscribers.clone(),
-        trigger,
+        due,
         handling,
     ));
     RunningWatch {
@@ -302,14 +305,17 @@ async fn drive_watch<K>(
     config: watcher::Config,
     health: Arc<WatchHealth>,
     subscribers: Arc<Mutex<HashSet<ObjectRef<Replika>>>>,
-    trigger: Trigger,
+    due: Arc<DuePasses>,
     mut handling: Handling<K>,
 ) where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let notify = || {
+    let notify = |namespace: Option<String>| {
         for replika in lock(&subscribers).iter() {
-            let _ = trigger.send(replika.clone());
+            match &namespace {
+                Some(namespace) => due.namespace(replika, namespace),
+                None => due.whole(replika),
+            }
         }
     };
     let stream = watcher::watcher(api, config).default_backoff();
@@ -322,16 +328,16 @@ async fn drive_watch<K>(
                 match event {
                     Event::InitDone => {
                         health.synced.store(true, Ordering::Release);
-                        notify();
+                        notify(None);
                     }
                     Event::Apply(object) | Event::Delete(object)
                         if !(handling.is_echo)(&object) =>
                     {
                         *lock(&health.last_change) = Some(Instant::now());
-                        notify();
+                        notify((handling.namespace_of)(&object));
                     }
                     Event::Apply(_) | Event::Delete(_) => {}
-                    Event::Init | Event::InitApply(_) if recovered => notify(),
+                    Event::Init | Event::InitApply(_) if recovered => notify(None),
                     Event::Init | Event::InitApply(_) => {}
                 }
             }
@@ -340,7 +346,7 @@ async fn drive_watch<K>(
                 debug!(%error, "watch failed; retrying");
                 if health.record(Some(failure)) {
                     warn!(%error, "watch failed; retrying with backoff");
-                    notify();
+                    notify(None);
                 }
             }
         }

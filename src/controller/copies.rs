@@ -144,9 +144,10 @@ impl CopyWriter<'_> {
                         Ok(upgraded) => {
                             if written.is_ours(&current.resource_version) {
                                 self.written
-                                    .set(self.owner_uid, namespace, upgraded.clone());
+                                    .set(self.owner_uid, namespace, upgraded.as_deref());
                             }
-                            current.resource_version = upgraded.unwrap_or_default();
+                            current.resource_version =
+                                upgraded.as_deref().unwrap_or_default().into();
                             current.create_entry = None;
                             Ok(())
                         }
@@ -207,11 +208,8 @@ impl CopyWriter<'_> {
         let now = CopyRecord::from_metadata(&object.metadata);
         let body = serde_json::to_value(&object).map_err(kube::Error::SerdeError)?;
         if template.is_held_by(&body, namespace) {
-            self.written.set(
-                self.owner_uid,
-                namespace,
-                Some(now.resource_version.clone()),
-            );
+            self.written
+                .set(self.owner_uid, namespace, Some(&now.resource_version));
         }
         Ok(Some(now))
     }
@@ -234,7 +232,7 @@ impl CopyWriter<'_> {
                         self.owner_uid,
                         &copy.namespace,
                         &copy.resource_version,
-                        upgraded,
+                        upgraded.as_deref(),
                     ),
                     Err(error) => debug!(
                         namespace = %copy.namespace,
@@ -253,13 +251,13 @@ impl CopyWriter<'_> {
     async fn upgrade_ownership(
         &self,
         copy: &CopyRecord,
-        index: usize,
+        index: u32,
     ) -> Result<Option<String>, kube::Error> {
         self.may_write()?;
         let entry = format!("/metadata/managedFields/{index}");
         let patch: json_patch::Patch = serde_json::from_value(json!([
-            {"op": "test", "path": "/metadata/uid", "value": copy.uid},
-            {"op": "test", "path": "/metadata/resourceVersion", "value": copy.resource_version},
+            {"op": "test", "path": "/metadata/uid", "value": copy.uid.to_string()},
+            {"op": "test", "path": "/metadata/resourceVersion", "value": &*copy.resource_version},
             {"op": "test", "path": format!("{entry}/manager"), "value": MANAGER},
             {"op": "test", "path": format!("{entry}/operation"), "value": "Update"},
             {"op": "replace", "path": format!("{entry}/operation"), "value": "Apply"},
@@ -287,11 +285,8 @@ impl CopyWriter<'_> {
         };
         let created = self.api(namespace).create(&params, &object).await?;
         let record = CopyRecord::from_metadata(&created.metadata);
-        self.written.set(
-            self.owner_uid,
-            namespace,
-            Some(record.resource_version.clone()),
-        );
+        self.written
+            .set(self.owner_uid, namespace, Some(&record.resource_version));
         if record.create_entry.is_some() {
             lock(&self.created).push(record);
         }
@@ -310,15 +305,16 @@ impl CopyWriter<'_> {
         let namespace = &existing.namespace;
         let mut body = template.for_namespace(namespace);
         // The UID makes the apply fail instead of landing on a same-named newcomer.
-        body["metadata"]["uid"] = Value::String(existing.uid.clone());
+        body["metadata"]["uid"] = Value::String(existing.uid.to_string());
         let params = PatchParams::apply(MANAGER).force();
         let applied = self
             .api(namespace)
             .patch(&existing.name, &params, &Patch::Apply(&body))
             .await?;
         let version = applied.resource_version();
-        let changed = version.as_ref() != Some(&existing.resource_version);
-        self.written.set(self.owner_uid, namespace, version);
+        let changed = version.as_deref() != Some(&*existing.resource_version);
+        self.written
+            .set(self.owner_uid, namespace, version.as_deref());
         Ok(changed)
     }
 
@@ -328,7 +324,7 @@ impl CopyWriter<'_> {
         let namespace = &existing.namespace;
         let params = DeleteParams {
             preconditions: Some(Preconditions {
-                uid: Some(existing.uid.clone()),
+                uid: Some(existing.uid.to_string()),
                 resource_version: None,
             }),
             ..Default::default()
@@ -350,7 +346,7 @@ impl CopyWriter<'_> {
         let namespace = &existing.namespace;
         let patch = json!({
             "metadata": {
-                "uid": existing.uid,
+                "uid": existing.uid.to_string(),
                 "labels": { LABEL_CREATED_BY: null, LABEL_PART_OF: null },
                 "annotations": { ANNOTATION_OWNER: null, ANNOTATION_OWNER_UID: null, ANNOTATION_CONTENT_HASH: null },
             }

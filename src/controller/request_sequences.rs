@@ -328,5 +328,5 @@ async fn a_create_that_finds_its_own_copy_reads_it_instead_of_writing() {
 
 /// Records that this process's last write left `namespace`'s copy at `version`.
 fn written_at(written: &WrittenVersions, namespace: &str, version: &str) {
-    written.set("replika-uid", namespace, Some(version.into()));
+    written.set("replika-uid", namespace, Some(version));
 }

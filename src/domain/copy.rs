@@ -249,7 +249,7 @@ fn content_hash(body: &Value) -> String {
 
 /// The marks Replika leaves on a copy, read from its labels and annotations:
 /// all the engine needs to know about an object in a target namespace.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CopyMarks {
     /// Labelled as created by Replika (by this operator or the earlier Go operator).
     pub created_by_replika: bool,

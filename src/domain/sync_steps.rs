@@ -4,6 +4,9 @@
 //! names the next request; the engine's writer makes it, learns from the
 //! answer, and asks again, until a step ends the sync.
 
+use std::fmt;
+use std::ops::Deref;
+
 use super::copy::Owner;
 use super::plan::{Found, Scope, Step, step};
 use crate::api::ConflictPolicy;
@@ -17,14 +20,79 @@ pub struct CopyFacts<'a> {
     pub needs_ownership_upgrade: bool,
 }
 
+/// The longest resource version kept inline in a [`Version`].
+const INLINE_VERSION: usize = 22;
+
+/// A resource version: opaque, only ever compared for equality. One of up to
+/// 22 bytes (the API server's are decimal numbers of at most 20 digits) is
+/// kept inline, a longer one on the heap; 24 bytes either way, so the
+/// engine's per-copy records hold theirs without an allocation.
+#[derive(Clone)]
+pub struct Version(VersionText);
+
+/// A [`Version`]'s text: inline when it fits, else on the heap.
+#[derive(Clone)]
+enum VersionText {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_VERSION],
+    },
+    Heap(Box<str>),
+}
+
+impl From<&str> for Version {
+    fn from(text: &str) -> Self {
+        Version(match u8::try_from(text.len()) {
+            Ok(len) if text.len() <= INLINE_VERSION => {
+                let mut bytes = [0; INLINE_VERSION];
+                bytes[..text.len()].copy_from_slice(text.as_bytes());
+                VersionText::Inline { len, bytes }
+            }
+            _ => VersionText::Heap(text.into()),
+        })
+    }
+}
+
+impl Deref for Version {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match &self.0 {
+            VersionText::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)])
+                .expect("an inline version is a whole str's bytes"),
+            VersionText::Heap(text) => text,
+        }
+    }
+}
+
+impl Default for Version {
+    fn default() -> Self {
+        Version::from("")
+    }
+}
+
+impl PartialEq for Version {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Version {}
+
+impl fmt::Debug for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
 /// The resource versions our own last writes left on a copy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Written {
     /// The resource version of our latest write.
-    pub latest: String,
+    pub latest: Version,
     /// The version our create left, when our ownership upgrade (which changes
     /// no content) followed it: its watch echo may still be on the way.
-    pub created: Option<String>,
+    pub created: Option<Version>,
 }
 
 impl Written {
@@ -35,7 +103,7 @@ impl Written {
 
     /// Whether the copy at `version` is exactly as our writes left it.
     pub fn is_ours(&self, version: &str) -> bool {
-        self.latest == version || self.superseded(version)
+        *self.latest == *version || self.superseded(version)
     }
 }
 
@@ -147,7 +215,7 @@ mod tests {
     fn written(latest: &str, created: Option<&str>) -> Written {
         Written {
             latest: latest.into(),
-            created: created.map(String::from),
+            created: created.map(Version::from),
         }
     }
 
@@ -378,5 +446,26 @@ mod tests {
             Progress::default(),
         );
         assert!(matches!(next, SyncStep::Wait(_)), "{next:?}");
+    }
+
+    #[test]
+    fn a_version_keeps_its_text_whatever_its_length_and_a_short_one_inline() {
+        let longest_inline = "9".repeat(INLINE_VERSION);
+        let long = "9".repeat(INLINE_VERSION + 1);
+        for text in ["", "10", "ab\u{e9}", &longest_inline, &long] {
+            let version = Version::from(text);
+            assert_eq!(&*version, text);
+            assert_eq!(version, Version::from(text));
+        }
+        assert_ne!(Version::from("10"), Version::from("1"));
+        assert!(matches!(
+            Version::from(longest_inline.as_str()).0,
+            VersionText::Inline { .. }
+        ));
+        assert!(matches!(
+            Version::from(long.as_str()).0,
+            VersionText::Heap(_)
+        ));
+        assert_eq!(&*Version::default(), "");
     }
 }

@@ -224,7 +224,7 @@ async fn copies_to_prune(
     Ok(copies
         .into_iter()
         .map(|copy| Planned {
-            namespace: copy.namespace,
+            namespace: copy.namespace.to_string(),
             action: Action::Prune,
             detail: format!("made as {} {} before", previous.kind, previous.name),
         })

@@ -47,7 +47,7 @@ pub(super) async fn prune(
         .store
         .all()
         .into_iter()
-        .filter(|copy| among.is_none_or(|among| among.contains(&copy.namespace)))
+        .filter(|copy| among.is_none_or(|among| among.contains(&*copy.namespace)))
         .filter(|copy| is_stale(copy.found(), owner, scope, keep))
         .collect();
     stream::iter(stale)

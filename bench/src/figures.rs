@@ -46,6 +46,8 @@ pub struct WebhookFigures {
     /// Each webhook's share of the applies with the webhooks, as the API
     /// server measured it: the figure with a target.
     pub share: Vec<WebhookShare>,
+    /// The same share over applies made one at a time (API server not saturated).
+    pub share_one_at_a_time: Vec<WebhookShare>,
     /// AdmissionReviews sent straight to `/validate`.
     pub direct: Summary,
     /// AdmissionReviews answered per second when called directly.

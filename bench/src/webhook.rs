@@ -13,7 +13,9 @@
 //!   before and right after the applies with the webhooks; the difference of
 //!   the two scrapes' cumulative buckets holds the calls of those applies, and
 //!   its p50 and p99 (interpolated within a bucket, [`crate::histogram`]) are
-//!   each webhook's share of their admission latency.
+//!   each webhook's share of their admission latency. The same share is then
+//!   taken over [`ONE_AT_A_TIME_APPLIES`] applies made one at a time, where
+//!   the API server is not saturated.
 //! - Direct throughput: [`CONCURRENCY`] clients POST AdmissionReviews of the
 //!   same Replika straight to the webhook's `/validate`.
 //!
@@ -43,6 +45,9 @@ use crate::workload::Workload;
 
 /// Requests in flight at once, through the API server and directly.
 pub const CONCURRENCY: usize = 50;
+/// Applies made one at a time for the webhooks' share on an API server that
+/// is not saturated.
+const ONE_AT_A_TIME_APPLIES: usize = 100;
 /// Name of the webhook configurations the scenario registers.
 const CONFIGURATION: &str = "replika-bench";
 /// The webhooks in `webhook-config/local`, as the API server's metrics name
@@ -162,7 +167,7 @@ pub async fn measure(
         "applies without the webhook",
         &cluster.admin,
         workload,
-        requests,
+        (requests, CONCURRENCY),
         false,
     )
     .await;
@@ -173,7 +178,15 @@ pub async fn measure(
         "applies with the webhook",
         &cluster.admin,
         workload,
-        requests,
+        (requests, CONCURRENCY),
+        true,
+    )
+    .await?;
+    let (_, share_one_at_a_time) = applies(
+        "applies one at a time",
+        &cluster.admin,
+        workload,
+        (ONE_AT_A_TIME_APPLIES, 1),
         true,
     )
     .await?;
@@ -182,7 +195,7 @@ pub async fn measure(
     let review = review(workload)?;
     let mut progress = Progress::new("admission: direct reviews", requests);
     let started = Instant::now();
-    let latencies = concurrently(requests, &mut progress, |_| async {
+    let latencies = concurrently((requests, CONCURRENCY), &mut progress, |_| async {
         send_review(&direct, &review)
             .await
             .map_err(Unanswered::into_error)
@@ -197,19 +210,20 @@ pub async fn measure(
         without_webhook,
         with_webhook,
         share,
+        share_one_at_a_time,
         direct: Summary::of(&latencies),
         direct_reviews_per_second: (requests as f64 / seconds).round(),
     })
 }
 
-/// `requests` dry-run applies through the API server, after as many
-/// unmeasured ones to open the connections; with `share`, the webhooks'
-/// share of the measured ones from the API server's histogram.
+/// `requests` dry-run applies through the API server, `parallel` at a time,
+/// after as many unmeasured ones to open the connections; with `share`, the
+/// webhooks' share of the measured ones from the API server's histogram.
 async fn applies(
     label: &str,
     admin: &Client,
     workload: &Workload,
-    requests: usize,
+    (requests, parallel): (usize, usize),
     share: bool,
 ) -> Result<(Summary, Vec<WebhookShare>)> {
     let api = replikas(admin);
@@ -226,12 +240,12 @@ async fn applies(
         }
     };
     let mut progress = Progress::new(format!("admission: {label}"), 2 * requests);
-    concurrently(requests, &mut progress, apply).await?;
+    concurrently((requests, parallel), &mut progress, apply).await?;
     let before = match share {
         true => Some(accounting::apiserver_metrics(admin).await?),
         false => None,
     };
-    let latencies = concurrently(requests, &mut progress, apply).await?;
+    let latencies = concurrently((requests, parallel), &mut progress, apply).await?;
     let shares = match before {
         Some(before) => shares(&before, &accounting::apiserver_metrics(admin).await?),
         None => Vec::new(),
@@ -274,9 +288,9 @@ fn shares(before: &str, after: &str) -> Vec<WebhookShare> {
         .collect()
 }
 
-/// Runs `request(0..count)`, [`CONCURRENCY`] at a time; returns each one's latency.
+/// Runs `request(0..count)`, `parallel` at a time; returns each one's latency.
 async fn concurrently<F, Fut>(
-    count: usize,
+    (count, parallel): (usize, usize),
     progress: &mut Progress,
     request: F,
 ) -> Result<Vec<Duration>>
@@ -293,7 +307,7 @@ where
                 Ok(started.elapsed())
             }
         })
-        .buffer_unordered(CONCURRENCY)
+        .buffer_unordered(parallel)
         .inspect(|_| progress.inc())
         .try_collect()
         .await

@@ -154,7 +154,7 @@ async fn remove_or_release(
     let writer = ctx.copy_writer(&caches.kind.resource, &owner.uid);
     match plan.policy.on_replika_deleted {
         ReplikaDeletedPolicy::Delete => {
-            let scope = scope_of(replika, plan, ctx);
+            let scope = scope_of(replika, plan, ctx, None);
             let pruned = prune(
                 &writer,
                 &caches.copies,

@@ -243,20 +243,12 @@ type Records = HashSet<ByNamespace>;
 #[derive(Clone, Default)]
 pub struct CopyIndex(Arc<RwLock<Records>>);
 
-/// The records of an index as of one moment.
-pub struct CopySnapshot(Records);
-
-impl CopySnapshot {
-    /// The record of the object in `namespace`, if there is one.
-    pub fn get(&self, namespace: &str) -> Option<&Arc<CopyRecord>> {
-        self.0.get(namespace).map(|record| &record.0)
-    }
-}
-
 impl CopyIndex {
-    /// Every record, by namespace, as of now.
-    pub fn snapshot(&self) -> CopySnapshot {
-        CopySnapshot(locks::read(&self.0).clone())
+    /// The record of the object in `namespace`, as of now.
+    pub fn get(&self, namespace: &str) -> Option<Arc<CopyRecord>> {
+        locks::read(&self.0)
+            .get(namespace)
+            .map(|record| Arc::clone(&record.0))
     }
 
     /// Every record, as of now.
@@ -403,12 +395,11 @@ mod tests {
         );
         writer.apply(&Event::InitDone);
         assert_eq!(namespaces(&index), [("team-c".into(), "9".into())]);
-        let snapshot = index.snapshot();
         assert_eq!(
-            snapshot.get("team-c").map(|r| &*r.resource_version),
-            Some("9")
+            index.get("team-c").map(|r| r.resource_version.to_string()),
+            Some("9".into())
         );
-        assert!(snapshot.get("team-a").is_none());
+        assert!(index.get("team-a").is_none());
     }
 
     #[test]
@@ -424,9 +415,8 @@ mod tests {
         for (namespace, hash) in [("team-a", "h1"), ("team-b", "h1"), ("team-c", "h2")] {
             writer.apply(&Event::Apply(marked(namespace, hash)));
         }
-        let snapshot = index.snapshot();
-        let [a, b, c] = ["team-a", "team-b", "team-c"]
-            .map(|namespace| Arc::clone(snapshot.get(namespace).expect("a record")));
+        let [a, b, c] =
+            ["team-a", "team-b", "team-c"].map(|namespace| index.get(namespace).expect("a record"));
         assert!(Arc::ptr_eq(&a.name, &c.name));
         assert!(Arc::ptr_eq(&a.marks, &b.marks));
         assert_eq!(c.marks.content_hash.as_deref(), Some("h2"));

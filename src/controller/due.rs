@@ -103,28 +103,26 @@ impl WholePass {
         (unchanged && !due.whole && !due.namespaces.is_empty()).then_some(&due.namespaces)
     }
 
-    /// Every target's outcome after a narrow pass: this pass's where it
-    /// looked, else the last known problem, else in sync.
-    pub fn outcomes_after(
-        &mut self,
-        targets: &BTreeSet<String>,
-        looked_at: &BTreeSet<String>,
-        mut outcomes: BTreeMap<String, Outcome>,
-    ) -> BTreeMap<String, Outcome> {
-        self.problems
-            .retain(|namespace, _| targets.contains(namespace) && !looked_at.contains(namespace));
-        for (namespace, outcome) in &outcomes {
-            if !outcome.is_synced() {
-                self.problems.insert(namespace.clone(), outcome.clone());
-            }
-        }
-        for target in targets {
-            if !outcomes.contains_key(target) {
-                let known = self.problems.get(target).cloned();
-                outcomes.insert(target.clone(), known.unwrap_or(Outcome::InSync));
-            }
-        }
+    /// The targets not in sync among `outcomes`, with why.
+    pub fn problems_in(outcomes: &BTreeMap<String, Outcome>) -> BTreeMap<String, Outcome> {
         outcomes
+            .iter()
+            .filter(|(_, outcome)| !outcome.is_synced())
+            .map(|(namespace, outcome)| (namespace.clone(), outcome.clone()))
+            .collect()
+    }
+
+    /// Takes in a narrow pass over `looked_at`, which ended with `outcomes`
+    /// there: what it found replaces what was known of those namespaces
+    /// (one that is no longer a target has no outcome, and no problem).
+    pub fn record_narrow(
+        &mut self,
+        looked_at: &BTreeSet<String>,
+        outcomes: &BTreeMap<String, Outcome>,
+    ) {
+        self.problems
+            .retain(|namespace, _| !looked_at.contains(namespace));
+        self.problems.extend(Self::problems_in(outcomes));
     }
 
     /// How long until the next whole pass is due.
@@ -226,28 +224,21 @@ mod tests {
         let mut last = last(&[
             ("team-1", Outcome::Failed("timeout".into())),
             ("team-2", Outcome::Conflict("not ours".into())),
-            ("gone", Outcome::Failed("timeout".into())),
+            ("untargeted", Outcome::Failed("timeout".into())),
         ]);
-        let targets = names(&["team-1", "team-2", "team-3", "team-4"]);
-        let looked_at = names(&["team-1", "team-4"]);
+        let looked_at = names(&["team-1", "team-4", "untargeted"]);
         let this_pass = BTreeMap::from([
             ("team-1".to_string(), Outcome::InSync),
             ("team-4".to_string(), Outcome::Failed("forbidden".into())),
         ]);
-        let all = last.outcomes_after(&targets, &looked_at, this_pass);
+        last.record_narrow(&looked_at, &this_pass);
         assert_eq!(
-            all,
+            last.problems,
             BTreeMap::from([
-                ("team-1".to_string(), Outcome::InSync),
                 ("team-2".to_string(), Outcome::Conflict("not ours".into())),
-                ("team-3".to_string(), Outcome::InSync),
                 ("team-4".to_string(), Outcome::Failed("forbidden".into())),
-            ])
-        );
-        assert_eq!(
-            last.problems.keys().collect::<Vec<_>>(),
-            ["team-2", "team-4"],
-            "fixed and untargeted namespaces are forgotten"
+            ]),
+            "fixed and untargeted namespaces are forgotten, others kept"
         );
     }
 }

@@ -2,6 +2,7 @@
 //! its scope in the cluster as the caches show it, its report, and when a
 //! blocked one is looked at again. Shared by the replication pass and cleanup.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
@@ -32,15 +33,21 @@ pub(super) fn owner_of(replika: &Replika) -> Result<Owner, Error> {
     })
 }
 
-/// The scope of `plan` in the cluster as the caches show it now.
-pub(super) fn scope_of(replika: &Replika, plan: &ReplikaPlan, ctx: &Context) -> Scope {
+/// The scope of `plan` in the cluster as the caches show it now, listing
+/// the targets `among` some namespaces only when given (see [`Scope::of`]).
+pub(super) fn scope_of(
+    replika: &Replika,
+    plan: &ReplikaPlan,
+    ctx: &Context,
+    among: Option<&BTreeSet<String>>,
+) -> Scope {
     let namespaces = ctx.namespaces.all();
     let views: Vec<NamespaceView<'_>> = namespaces
         .iter()
         .map(|ns| NamespaceView::of(&ns.metadata))
         .collect();
     let replikas = ctx.replikas.state();
-    Scope::of(replika, plan, replikas.iter().map(|r| &**r), &views)
+    Scope::of(replika, plan, replikas.iter().map(|r| &**r), &views, among)
 }
 
 /// Writes the status and Events of a pass.

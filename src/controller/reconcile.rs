@@ -153,7 +153,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let Some(source) = caches.source.store.get(&source_key) else {
         let remove = plan.policy.on_source_deleted == SourceDeletedPolicy::Delete;
         if remove {
-            let scope = scope_of(replika, &plan, ctx);
+            let scope = scope_of(replika, &plan, ctx, None);
             prune(
                 &writer,
                 &caches.copies,
@@ -189,7 +189,6 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
-    let scope = scope_of(replika, &plan, ctx);
     let source_version = source.resource_version();
     let narrow = WholePass::narrows(
         last_whole.as_ref(),
@@ -198,11 +197,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         source_version.as_deref(),
         plan.resync,
     );
-    let looked_at: Vec<&String> = match narrow {
-        Some(namespaces) => namespaces.intersection(&scope.targets).collect(),
-        None => scope.targets.iter().collect(),
-    };
-    let existing = caches.copies.store.snapshot();
+    let scope = scope_of(replika, &plan, ctx, narrow);
 
     let rules = SyncRules {
         owner: &owner,
@@ -210,9 +205,9 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         scope: &scope,
     };
     let source_changed_at = caches.source.health.last_change();
-    let outcomes: BTreeMap<String, Outcome> = stream::iter(looked_at.into_iter().cloned())
+    let outcomes: BTreeMap<String, Outcome> = stream::iter(scope.targets.iter().cloned())
         .map(|namespace| {
-            let found = existing.get(&namespace).cloned();
+            let found = caches.copies.store.get(&namespace);
             let (writer, template, rules) = (&writer, &template, &rules);
             async move {
                 let outcome = writer
@@ -271,27 +266,19 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     if outcomes.values().any(Outcome::is_refusal) {
         return Ok(Action::requeue(RETRY_BLOCKED));
     }
-    let (outcomes, whole_pass) = match (narrow, last_whole) {
+    let whole_pass = match (narrow, last_whole) {
         (Some(namespaces), Some(mut last)) => {
-            let outcomes = last.outcomes_after(&scope.targets, namespaces, outcomes);
-            (outcomes, last)
+            last.record_narrow(namespaces, &outcomes);
+            last
         }
-        _ => {
-            let problems = outcomes
-                .iter()
-                .filter(|(_, outcome)| !outcome.is_synced())
-                .map(|(namespace, outcome)| (namespace.clone(), outcome.clone()))
-                .collect();
-            let whole_pass = WholePass {
-                generation: replika.metadata.generation,
-                source_version: source_version.clone(),
-                finished: Instant::now(),
-                problems,
-            };
-            (outcomes, whole_pass)
-        }
+        _ => WholePass {
+            generation: replika.metadata.generation,
+            source_version: source_version.clone(),
+            finished: Instant::now(),
+            problems: WholePass::problems_in(&outcomes),
+        },
     };
-    let synced = outcomes.values().filter(|o| o.is_synced()).count();
+    let synced = scope.desired.saturating_sub(whole_pass.problems.len());
     ctx.record_synced(&owner.uid, Some(u32::try_from(synced).unwrap_or(u32::MAX)));
     let looked = if narrow.is_some() {
         PassScope::Narrow
@@ -305,6 +292,8 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let settled = copies == current;
     let result = PassResult::Replicated {
         outcomes,
+        desired: scope.desired,
+        problems: whole_pass.problems.clone(),
         pruned,
         source_resource_version: source_version,
         copies,

@@ -76,7 +76,13 @@ impl std::fmt::Display for Blocked {
 pub enum PassResult {
     Blocked(Blocked),
     Replicated {
+        /// What the pass did in each namespace it looked at.
         outcomes: BTreeMap<String, Outcome>,
+        /// How many namespaces are targets.
+        desired: usize,
+        /// Every target not in sync, with why (for a narrow pass, also those
+        /// an earlier pass found and this one did not look at).
+        problems: BTreeMap<String, Outcome>,
         pruned: usize,
         source_resource_version: Option<String>,
         /// What the copies are made as, for the next pass to see a rename.
@@ -123,12 +129,14 @@ pub fn next_status(replika: &Replika, result: &PassResult, now: Timestamp) -> Re
         }
         PassResult::Replicated {
             outcomes,
+            desired,
+            problems,
             pruned,
             source_resource_version,
             copies,
         } => {
-            let counts = count(outcomes);
-            let failures: Vec<TargetFailure> = outcomes
+            let counts = count(*desired, problems);
+            let failures: Vec<TargetFailure> = problems
                 .iter()
                 .filter_map(|(namespace, outcome)| match outcome {
                     Outcome::Conflict(message) => Some(("Conflict", namespace, message.clone())),
@@ -186,18 +194,22 @@ pub fn next_status(replika: &Replika, result: &PassResult, now: Timestamp) -> Re
     }
 }
 
-fn count(outcomes: &BTreeMap<String, Outcome>) -> TargetCounts {
+/// The counts of `desired` targets, all in sync but the `problems`.
+fn count(desired: usize, problems: &BTreeMap<String, Outcome>) -> TargetCounts {
     let mut counts = TargetCounts {
-        desired: outcomes.len() as u32,
+        desired: u32::try_from(desired).unwrap_or(u32::MAX),
         ..Default::default()
     };
-    for outcome in outcomes.values() {
+    for outcome in problems.values() {
         match outcome {
             Outcome::Conflict(_) => counts.conflicts += 1,
             Outcome::Failed(_) | Outcome::NotLeading => counts.failed += 1,
-            _ => counts.synced += 1,
+            _ => {}
         }
     }
+    counts.synced = counts
+        .desired
+        .saturating_sub(counts.conflicts + counts.failed);
     counts
 }
 

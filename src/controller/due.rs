@@ -8,13 +8,14 @@
 //! ([`WholePass`]) saw the same spec and source and its resync is not due, so
 //! a new namespace costs each Replika the work of one namespace, not of all.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc;
 
+use super::copy_index::shared_namespace;
 use super::outcome::Outcome;
 use crate::api::Replika;
 use crate::locks::lock;
@@ -82,11 +83,34 @@ pub struct WholePass {
     pub generation: Option<i64>,
     pub source_version: Option<String>,
     pub finished: Instant,
+    /// The target namespaces after it (and the narrow passes since).
+    targets: HashSet<Arc<str>>,
     /// The targets not in sync after it (and the narrow passes since), with why.
     pub problems: BTreeMap<String, Outcome>,
 }
 
 impl WholePass {
+    /// A whole pass, finished now, over `targets`, which ended with `outcomes`.
+    pub fn new(
+        generation: Option<i64>,
+        source_version: Option<String>,
+        targets: &BTreeSet<String>,
+        outcomes: &BTreeMap<String, Outcome>,
+    ) -> Self {
+        WholePass {
+            generation,
+            source_version,
+            finished: Instant::now(),
+            targets: targets.iter().map(|name| shared_namespace(name)).collect(),
+            problems: Self::problems_in(outcomes),
+        }
+    }
+
+    /// How many namespaces are targets.
+    pub fn desired(&self) -> usize {
+        self.targets.len()
+    }
+
     /// The namespaces a pass may be narrowed to, given what it is `due` and
     /// what the Replika is now; `None` when it must look at every target.
     pub fn narrows<'d>(
@@ -112,14 +136,20 @@ impl WholePass {
             .collect()
     }
 
-    /// Takes in a narrow pass over `looked_at`, which ended with `outcomes`
-    /// there: what it found replaces what was known of those namespaces
-    /// (one that is no longer a target has no outcome, and no problem).
+    /// Takes in a narrow pass over `looked_at`, where it found `targets` and
+    /// ended with `outcomes`: what it found replaces what was known of those
+    /// namespaces (one that is no longer a target has no outcome, and no problem).
     pub fn record_narrow(
         &mut self,
         looked_at: &BTreeSet<String>,
+        targets: &BTreeSet<String>,
         outcomes: &BTreeMap<String, Outcome>,
     ) {
+        for namespace in looked_at {
+            self.targets.remove(namespace.as_str());
+        }
+        self.targets
+            .extend(targets.iter().map(|name| shared_namespace(name)));
         self.problems
             .retain(|namespace, _| !looked_at.contains(namespace));
         self.problems.extend(Self::problems_in(outcomes));
@@ -144,15 +174,13 @@ mod tests {
     }
 
     fn last(problems: &[(&str, Outcome)]) -> WholePass {
-        WholePass {
-            generation: Some(2),
-            source_version: Some("10".into()),
-            finished: Instant::now(),
-            problems: problems
-                .iter()
-                .map(|(ns, o)| (ns.to_string(), o.clone()))
-                .collect(),
-        }
+        let outcomes: BTreeMap<String, Outcome> = problems
+            .iter()
+            .map(|(ns, o)| (ns.to_string(), o.clone()))
+            .chain([("team-ok".to_string(), Outcome::InSync)])
+            .collect();
+        let targets = outcomes.keys().cloned().collect();
+        WholePass::new(Some(2), Some("10".into()), &targets, &outcomes)
     }
 
     #[test]
@@ -226,12 +254,18 @@ mod tests {
             ("team-2", Outcome::Conflict("not ours".into())),
             ("untargeted", Outcome::Failed("timeout".into())),
         ]);
+        assert_eq!(last.desired(), 4);
         let looked_at = names(&["team-1", "team-4", "untargeted"]);
         let this_pass = BTreeMap::from([
             ("team-1".to_string(), Outcome::InSync),
             ("team-4".to_string(), Outcome::Failed("forbidden".into())),
         ]);
-        last.record_narrow(&looked_at, &this_pass);
+        last.record_narrow(&looked_at, &names(&["team-1", "team-4"]), &this_pass);
+        assert_eq!(
+            last.desired(),
+            4,
+            "team-4 became a target, untargeted no longer is"
+        );
         assert_eq!(
             last.problems,
             BTreeMap::from([

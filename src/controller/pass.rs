@@ -33,21 +33,27 @@ pub(super) fn owner_of(replika: &Replika) -> Result<Owner, Error> {
     })
 }
 
-/// The scope of `plan` in the cluster as the caches show it now, listing
-/// the targets `among` some namespaces only when given (see [`Scope::of`]).
+/// The scope of `plan` in the cluster as the caches show it now, over every
+/// namespace or only those `among` some (a narrow pass).
 pub(super) fn scope_of(
     replika: &Replika,
     plan: &ReplikaPlan,
     ctx: &Context,
     among: Option<&BTreeSet<String>>,
 ) -> Scope {
-    let namespaces = ctx.namespaces.all();
+    let namespaces = match among {
+        None => ctx.namespaces.all(),
+        Some(names) => names
+            .iter()
+            .filter_map(|name| ctx.namespaces.get(name))
+            .collect(),
+    };
     let views: Vec<NamespaceView<'_>> = namespaces
         .iter()
         .map(|ns| NamespaceView::of(&ns.metadata))
         .collect();
     let replikas = ctx.replikas.state();
-    Scope::of(replika, plan, replikas.iter().map(|r| &**r), &views, among)
+    Scope::of(replika, plan, replikas.iter().map(|r| &**r), &views)
 }
 
 /// Writes the status and Events of a pass.

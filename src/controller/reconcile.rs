@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use kube::ResourceExt;
@@ -268,17 +268,19 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     }
     let whole_pass = match (narrow, last_whole) {
         (Some(namespaces), Some(mut last)) => {
-            last.record_narrow(namespaces, &outcomes);
+            last.record_narrow(namespaces, &scope.targets, &outcomes);
             last
         }
-        _ => WholePass {
-            generation: replika.metadata.generation,
-            source_version: source_version.clone(),
-            finished: Instant::now(),
-            problems: WholePass::problems_in(&outcomes),
-        },
+        _ => WholePass::new(
+            replika.metadata.generation,
+            source_version.clone(),
+            &scope.targets,
+            &outcomes,
+        ),
     };
-    let synced = scope.desired.saturating_sub(whole_pass.problems.len());
+    let synced = whole_pass
+        .desired()
+        .saturating_sub(whole_pass.problems.len());
     ctx.record_synced(&owner.uid, Some(u32::try_from(synced).unwrap_or(u32::MAX)));
     let looked = if narrow.is_some() {
         PassScope::Narrow
@@ -292,7 +294,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let settled = copies == current;
     let result = PassResult::Replicated {
         outcomes,
-        desired: scope.desired,
+        desired: whole_pass.desired(),
         problems: whole_pass.problems.clone(),
         pruned,
         source_resource_version: source_version,

@@ -60,6 +60,11 @@ impl NamespaceCache {
     pub fn all(&self) -> Vec<Arc<PartialObjectMeta<Namespace>>> {
         self.store.state()
     }
+
+    /// The namespace `name`, if it exists.
+    pub fn get(&self, name: &str) -> Option<Arc<PartialObjectMeta<Namespace>>> {
+        self.store.get(&ObjectRef::new(name))
+    }
 }
 
 /// A watch failure worth telling the user about.

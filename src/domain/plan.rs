@@ -48,8 +48,6 @@ pub enum Step {
 pub struct Scope {
     /// The target namespaces (among those looked at).
     pub targets: BTreeSet<String>,
-    /// How many namespaces of the whole cluster are targets.
-    pub desired: usize,
     /// The other Replikas (`namespace/name`) that could have made each contested copy.
     contested: BTreeMap<String, Vec<String>>,
     /// UIDs of the Replikas that exist (a predecessor among them is still cleaning up).
@@ -58,31 +56,19 @@ pub struct Scope {
 
 impl Scope {
     /// The scope of `replika` (validated as `plan`) among all `replikas` of
-    /// the cluster, in a cluster of `namespaces`, looking only at the
-    /// namespaces `among` when given (a narrow pass): the others are counted
-    /// in [`Scope::desired`], not listed.
+    /// the cluster, over the `namespaces` looked at: every namespace of the
+    /// cluster, or those a narrow pass looks at.
     pub fn of<'r>(
         replika: &Replika,
         plan: &ReplikaPlan,
         replikas: impl IntoIterator<Item = &'r Replika>,
         namespaces: &[NamespaceView<'_>],
-        among: Option<&BTreeSet<String>>,
     ) -> Self {
-        let looked_at = || {
-            namespaces
-                .iter()
-                .copied()
-                .filter(|ns| among.is_none_or(|among| among.contains(ns.name)))
+        let select = |plan: &ReplikaPlan| {
+            plan.targets
+                .select(namespaces.iter().copied(), &plan.source.namespace)
         };
-        let select = |plan: &ReplikaPlan| plan.targets.select(looked_at(), &plan.source.namespace);
         let targets = select(plan);
-        let desired = match among {
-            None => targets.len(),
-            Some(_) => namespaces
-                .iter()
-                .filter(|ns| plan.targets.targets(**ns, &plan.source.namespace))
-                .count(),
-        };
         let mut contested: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut live = BTreeSet::new();
         for other in replikas {
@@ -106,7 +92,6 @@ impl Scope {
         }
         Scope {
             targets,
-            desired,
             contested,
             live,
         }
@@ -316,7 +301,6 @@ mod tests {
         }
         Scope {
             targets: set(targets),
-            desired: targets.len(),
             contested: rivals,
             live: set(live),
         }
@@ -455,18 +439,15 @@ mod tests {
             .collect();
         let views: Vec<NamespaceView<'_>> = metadata.iter().map(NamespaceView::of).collect();
         let plan = validate(&me.spec, "platform").expect("valid");
-        let scope = Scope::of(&me, &plan, [&me, &rival, &renamed_rival], &views, None);
+        let scope = Scope::of(&me, &plan, [&me, &rival, &renamed_rival], &views);
         assert_eq!(scope.targets, set(&["a", "b"]));
         assert_eq!(scope.contested.keys().collect::<Vec<_>>(), ["b"]);
         assert_eq!(scope.contested["b"], ["other/creds"]);
         assert_eq!(scope.live, set(&["uid-1", "uid-2", "uid-3"]));
-        assert_eq!(scope.desired, 2);
 
-        // Narrowed to a few namespaces: only those are listed, all are counted.
-        let among = set(&["b", "platform"]);
-        let narrow = Scope::of(&me, &plan, [&me, &rival], &views, Some(&among));
+        // Over a few namespaces (a narrow pass): the same decisions there.
+        let narrow = Scope::of(&me, &plan, [&me, &rival], &views[1..3]);
         assert_eq!(narrow.targets, set(&["b"]));
-        assert_eq!(narrow.desired, 2);
         assert_eq!(narrow.contested.keys().collect::<Vec<_>>(), ["b"]);
     }
 }

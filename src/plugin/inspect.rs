@@ -96,7 +96,7 @@ pub async fn inspect(
         .map(|ns| NamespaceView::of(&ns.metadata))
         .collect();
     let others = other_replikas(client, replika).await?;
-    let scope = Scope::of(replika, &plan, others.iter().chain([replika]), &views, None);
+    let scope = Scope::of(replika, &plan, others.iter().chain([replika]), &views);
 
     let found = Api::<DynamicObject>::all_with(client.clone(), &resource)
         .list(&ListParams::default().fields(&format!("metadata.name={}", plan.copy.name)))

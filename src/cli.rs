@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// How many Replikas are reconciled at once.
     #[arg(long, env = "REPLIKA_MAX_PARALLEL_REPLIKAS", default_value_t = controller::DEFAULT_MAX_PARALLEL_REPLIKAS)]
     pub max_parallel_replikas: u16,
+    /// How many copy writes are in flight at once, across all Replikas.
+    #[arg(long, env = "REPLIKA_MAX_WRITES_IN_FLIGHT", default_value_t = controller::DEFAULT_MAX_WRITES_IN_FLIGHT)]
+    pub max_writes_in_flight: usize,
     /// Run the replication engine; `--reconcile=false` serves only the webhooks.
     #[arg(long, env = "REPLIKA_RECONCILE", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub reconcile: bool,

@@ -142,6 +142,7 @@ async fn run_engine(
     let settings = controller::Settings {
         max_parallel_writes: args.max_parallel_writes.max(1),
         max_parallel_replikas: args.max_parallel_replikas.max(1),
+        max_writes_in_flight: args.max_writes_in_flight.max(1),
         leadership: Leadership::always(),
     };
     let Telemetry { metrics, ready } = telemetry;

@@ -21,6 +21,7 @@ use kube::api::{
 };
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::debug;
 
 use super::MANAGER;
@@ -62,6 +63,8 @@ pub struct CopyWriter<'a> {
     pub owner_uid: &'a str,
     pub written: &'a WrittenVersions,
     pub metrics: &'a Metrics,
+    /// One permit per request in flight, shared with every other writer.
+    pub slots: &'a Semaphore,
     /// Copies created by this writer whose ownership is not upgraded yet.
     pub created: Mutex<Vec<CopyRecord>>,
 }
@@ -71,10 +74,14 @@ impl CopyWriter<'_> {
         Api::namespaced_with(self.client.clone(), namespace, self.resource)
     }
 
-    /// Refuses every write once this process may no longer act as the leader.
-    fn may_write(&self) -> Result<(), kube::Error> {
+    /// Waits for a free slot among the writes in flight, then refuses the
+    /// write if this process may no longer act as the leader. The slot is
+    /// held until the returned permit is dropped.
+    async fn may_write(&self) -> Result<Option<SemaphorePermit<'_>>, kube::Error> {
+        // The semaphore is never closed; without a permit the write goes ahead.
+        let permit = self.slots.acquire().await.ok();
         if self.leadership.is_valid() {
-            Ok(())
+            Ok(permit)
         } else {
             Err(kube::Error::Service(Box::new(NotLeading)))
         }
@@ -253,7 +260,7 @@ impl CopyWriter<'_> {
         copy: &CopyRecord,
         index: u32,
     ) -> Result<Option<String>, kube::Error> {
-        self.may_write()?;
+        let _slot = self.may_write().await?;
         let entry = format!("/metadata/managedFields/{index}");
         let patch: json_patch::Patch = serde_json::from_value(json!([
             {"op": "test", "path": "/metadata/uid", "value": copy.uid.to_string()},
@@ -276,7 +283,7 @@ impl CopyWriter<'_> {
 
     /// Creates the copy in `namespace`, failing if an object is already there.
     async fn create(&self, namespace: &str, template: &CopyTemplate) -> Result<(), kube::Error> {
-        self.may_write()?;
+        let _slot = self.may_write().await?;
         let object: DynamicObject = serde_json::from_value(template.for_namespace(namespace))
             .map_err(kube::Error::SerdeError)?;
         let params = PostParams {
@@ -301,7 +308,7 @@ impl CopyWriter<'_> {
         existing: &CopyRecord,
         template: &CopyTemplate,
     ) -> Result<bool, kube::Error> {
-        self.may_write()?;
+        let _slot = self.may_write().await?;
         let namespace = &existing.namespace;
         let mut body = template.for_namespace(namespace);
         // The UID makes the apply fail instead of landing on a same-named newcomer.
@@ -320,7 +327,7 @@ impl CopyWriter<'_> {
 
     /// Deletes `existing`, only if it is still the object we saw.
     pub async fn delete(&self, existing: &CopyRecord) -> Result<(), kube::Error> {
-        self.may_write()?;
+        let _slot = self.may_write().await?;
         let namespace = &existing.namespace;
         let params = DeleteParams {
             preconditions: Some(Preconditions {
@@ -342,7 +349,7 @@ impl CopyWriter<'_> {
 
     /// Leaves `existing` in place without Replika's marks, so nothing manages it any more.
     pub async fn release(&self, existing: &CopyRecord) -> Result<(), kube::Error> {
-        self.may_write()?;
+        let _slot = self.may_write().await?;
         let namespace = &existing.namespace;
         let patch = json!({
             "metadata": {

@@ -63,8 +63,13 @@ pub const MANAGER: &str = "replika";
 /// (`replika run --max-parallel-writes`).
 pub const DEFAULT_MAX_PARALLEL_WRITES: usize = 32;
 /// How many Replikas are reconciled at once, unless told otherwise
-/// (`replika run --max-parallel-replikas`).
-pub const DEFAULT_MAX_PARALLEL_REPLIKAS: u16 = 4;
+/// (`replika run --max-parallel-replikas`). Most passes are narrow ones over a
+/// namespace or two, so many may run at once; the writes of all of them
+/// together are bounded by [`DEFAULT_MAX_WRITES_IN_FLIGHT`].
+pub const DEFAULT_MAX_PARALLEL_REPLIKAS: u16 = 16;
+/// How many copy writes are in flight at once across all Replikas, unless
+/// told otherwise (`replika run --max-writes-in-flight`).
+pub const DEFAULT_MAX_WRITES_IN_FLIGHT: usize = 128;
 
 /// Tunables of the engine.
 #[derive(Clone, Debug)]
@@ -73,6 +78,8 @@ pub struct Settings {
     pub max_parallel_writes: usize,
     /// How many Replikas are reconciled at once.
     pub max_parallel_replikas: u16,
+    /// How many copy writes are in flight at once, across all Replikas.
+    pub max_writes_in_flight: usize,
     /// Whether this process may write now; every write checks it first.
     pub leadership: Leadership,
 }
@@ -82,6 +89,7 @@ impl Default for Settings {
         Settings {
             max_parallel_writes: DEFAULT_MAX_PARALLEL_WRITES,
             max_parallel_replikas: DEFAULT_MAX_PARALLEL_REPLIKAS,
+            max_writes_in_flight: DEFAULT_MAX_WRITES_IN_FLIGHT,
             leadership: Leadership::always(),
         }
     }
@@ -109,6 +117,8 @@ pub struct Context {
     pub cleaned: std::sync::Mutex<std::collections::HashSet<String>>,
     /// What each Replika's next pass must look at.
     pub due: Arc<due::DuePasses>,
+    /// One permit per copy write in flight, shared by every pass.
+    pub write_slots: tokio::sync::Semaphore,
     /// The last whole pass over each Replika (by UID), for narrow passes.
     pub whole_passes: std::sync::Mutex<std::collections::HashMap<String, due::WholePass>>,
 }
@@ -127,6 +137,7 @@ impl Context {
             owner_uid,
             written: &self.written,
             metrics: &self.metrics,
+            slots: &self.write_slots,
             created: Default::default(),
         }
     }
@@ -219,6 +230,7 @@ pub async fn run(
         cleaned: Default::default(),
         due,
         whole_passes: Default::default(),
+        write_slots: tokio::sync::Semaphore::new(settings.max_writes_in_flight.max(1)),
     });
     info!("replication engine started");
     let replika_changes = watcher::watcher(

@@ -141,6 +141,7 @@ async fn pass(
         owner_uid: &owner.uid,
         written,
         metrics: &metrics,
+        slots: &tokio::sync::Semaphore::new(1),
         created: Mutex::default(),
     };
     let scope = Scope::default();

@@ -43,11 +43,15 @@ pub(super) async fn prune(
     among: Option<&BTreeSet<String>>,
     ctx: &Context,
 ) -> Pruned {
-    let stale: Vec<Arc<CopyRecord>> = copies
-        .store
-        .all()
+    let candidates = match among {
+        None => copies.store.all(),
+        Some(namespaces) => namespaces
+            .iter()
+            .filter_map(|namespace| copies.store.get(namespace))
+            .collect(),
+    };
+    let stale: Vec<Arc<CopyRecord>> = candidates
         .into_iter()
-        .filter(|copy| among.is_none_or(|among| among.contains(&*copy.namespace)))
         .filter(|copy| is_stale(copy.found(), owner, scope, keep))
         .collect();
     stream::iter(stale)
@@ -137,7 +141,7 @@ pub(super) async fn cleanup(replika: &Replika, ctx: &Context) -> Result<Action, 
     ctx.watches.forget(&replika_ref);
     ctx.written.forget_owner(&owner.uid);
     ctx.record_synced(&owner.uid, None);
-    ctx.forget_whole_pass(&owner.uid);
+    ctx.take_whole_pass(&owner.uid);
     ctx.due.take(&replika_ref);
     ctx.record_cleaned(&owner.uid);
     Ok(Action::await_change())

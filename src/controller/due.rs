@@ -71,6 +71,15 @@ impl DuePasses {
         let _ = self.wake.send(replika.clone());
     }
 
+    /// Something changed that concerns `replika`: in `namespace` alone, or
+    /// (`None`) in every target.
+    pub fn changed(&self, replika: &ObjectRef<Replika>, namespace: Option<&str>) {
+        match namespace {
+            Some(namespace) => self.namespace(replika, namespace),
+            None => self.whole(replika),
+        }
+    }
+
     /// What `replika`'s pass, starting now, must look at; forgotten here.
     pub fn take(&self, replika: &ObjectRef<Replika>) -> Due {
         lock(&self.due).remove(replika).unwrap_or_default()
@@ -128,7 +137,7 @@ impl WholePass {
     }
 
     /// The targets not in sync among `outcomes`, with why.
-    pub fn problems_in(outcomes: &BTreeMap<String, Outcome>) -> BTreeMap<String, Outcome> {
+    fn problems_in(outcomes: &BTreeMap<String, Outcome>) -> BTreeMap<String, Outcome> {
         outcomes
             .iter()
             .filter(|(_, outcome)| !outcome.is_synced())

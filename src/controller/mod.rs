@@ -156,9 +156,10 @@ impl Context {
         cleaned.insert(uid.to_string());
     }
 
-    /// Forgets the last whole pass over the Replika with `uid`: its next pass is whole.
-    pub fn forget_whole_pass(&self, uid: &str) {
-        locks::lock(&self.whole_passes).remove(uid);
+    /// Takes out the last whole pass over the Replika with `uid`: until one
+    /// is recorded again, its next pass is whole.
+    pub fn take_whole_pass(&self, uid: &str) -> Option<due::WholePass> {
+        locks::lock(&self.whole_passes).remove(uid)
     }
 
     /// Whether this process finished the cleanup of the Replika with `uid`.
@@ -307,11 +308,7 @@ struct NamespaceChanges {
 impl NamespaceChanges {
     fn changed(&self, namespace: Option<&str>) {
         for replika in self.replikas.state() {
-            let replika = ObjectRef::from_obj(&*replika);
-            match namespace {
-                Some(namespace) => self.due.namespace(&replika, namespace),
-                None => self.due.whole(&replika),
-            }
+            self.due.changed(&ObjectRef::from_obj(&*replika), namespace);
         }
     }
 }

@@ -120,7 +120,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let due = ctx.due.take(&replika_ref);
     let owner = owner_of(replika)?;
     // Put back only by a pass that replicates: any other makes the next one whole.
-    let last_whole = lock(&ctx.whole_passes).remove(&owner.uid);
+    let last_whole = ctx.take_whole_pass(&owner.uid);
     let plan = match validate(&replika.spec, &owner.namespace) {
         Ok(plan) => plan,
         Err(problems) => {

@@ -317,10 +317,7 @@ async fn drive_watch<K>(
 {
     let notify = |namespace: Option<String>| {
         for replika in lock(&subscribers).iter() {
-            match &namespace {
-                Some(namespace) => due.namespace(replika, namespace),
-                None => due.whole(replika),
-            }
+            due.changed(replika, namespace.as_deref());
         }
     };
     let stream = watcher::watcher(api, config).default_backoff();

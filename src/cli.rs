@@ -50,7 +50,8 @@ pub struct RunArgs {
     /// How many copies one Replika writes at once.
     #[arg(long, env = "REPLIKA_MAX_PARALLEL_WRITES", default_value_t = controller::DEFAULT_MAX_PARALLEL_WRITES)]
     pub max_parallel_writes: usize,
-    /// How many Replikas are reconciled at once.
+    /// How many Replikas' passes read the caches and write copies at once
+    /// (a pass writes its status after giving its slot back).
     #[arg(long, env = "REPLIKA_MAX_PARALLEL_REPLIKAS", default_value_t = controller::DEFAULT_MAX_PARALLEL_REPLIKAS)]
     pub max_parallel_replikas: u16,
     /// How many copy writes are in flight at once, across all Replikas.

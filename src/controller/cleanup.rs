@@ -119,6 +119,7 @@ pub(super) async fn take_over_legacy_finalizer(
 pub(super) async fn cleanup(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let replika_ref = ObjectRef::from_obj(replika);
     let owner = owner_of(replika)?;
+    let _slot = ctx.pass_slot().await;
     let blocked = match validate(&replika.spec, &owner.namespace) {
         Err(problems) => Some(Blocked::Invalid(problems)),
         Ok(plan) => match open_caches(replika, &plan, ctx).await? {

@@ -62,10 +62,12 @@ pub const MANAGER: &str = "replika";
 /// How many copies one Replika writes at once, unless told otherwise
 /// (`replika run --max-parallel-writes`).
 pub const DEFAULT_MAX_PARALLEL_WRITES: usize = 32;
-/// How many Replikas are reconciled at once, unless told otherwise
-/// (`replika run --max-parallel-replikas`). Most passes are narrow ones over a
-/// namespace or two, so many may run at once; the writes of all of them
-/// together are bounded by [`DEFAULT_MAX_WRITES_IN_FLIGHT`].
+/// How many Replikas' passes read the caches and write copies at once, unless
+/// told otherwise (`replika run --max-parallel-replikas`). Most passes are
+/// narrow ones over a namespace or two, so many may run at once; the writes of
+/// all of them together are bounded by [`DEFAULT_MAX_WRITES_IN_FLIGHT`]. A pass
+/// writes its status and hands over its new copies' field ownership after it
+/// gave its slot back.
 pub const DEFAULT_MAX_PARALLEL_REPLIKAS: u16 = 16;
 /// How many copy writes are in flight at once across all Replikas, unless
 /// told otherwise (`replika run --max-writes-in-flight`).
@@ -76,7 +78,7 @@ pub const DEFAULT_MAX_WRITES_IN_FLIGHT: usize = 128;
 pub struct Settings {
     /// How many copies one Replika writes at once.
     pub max_parallel_writes: usize,
-    /// How many Replikas are reconciled at once.
+    /// How many Replikas' passes read the caches and write copies at once.
     pub max_parallel_replikas: u16,
     /// How many copy writes are in flight at once, across all Replikas.
     pub max_writes_in_flight: usize,
@@ -119,6 +121,8 @@ pub struct Context {
     pub due: Arc<due::DuePasses>,
     /// One permit per copy write in flight, shared by every pass.
     pub write_slots: tokio::sync::Semaphore,
+    /// One permit per pass reading the caches and writing copies.
+    pub pass_slots: tokio::sync::Semaphore,
     /// The last whole pass over each Replika (by UID), for narrow passes.
     pub whole_passes: std::sync::Mutex<std::collections::HashMap<String, due::WholePass>>,
 }
@@ -154,6 +158,13 @@ impl Context {
         let mut cleaned = locks::lock(&self.cleaned);
         cleaned.retain(|done| live.contains(done));
         cleaned.insert(uid.to_string());
+    }
+
+    /// Waits for one of the [`Settings::max_parallel_replikas`] slots of
+    /// passes that read the caches and write copies; given back when dropped.
+    pub async fn pass_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // The semaphore is never closed; without a permit the pass goes ahead.
+        self.pass_slots.acquire().await.ok()
     }
 
     /// Takes out the last whole pass over the Replika with `uid`: until one
@@ -232,6 +243,7 @@ pub async fn run(
         due,
         whole_passes: Default::default(),
         write_slots: tokio::sync::Semaphore::new(settings.max_writes_in_flight.max(1)),
+        pass_slots: tokio::sync::Semaphore::new(usize::from(settings.max_parallel_replikas.max(1))),
     });
     info!("replication engine started");
     let replika_changes = watcher::watcher(
@@ -250,7 +262,9 @@ pub async fn run(
     let controller = Controller::for_stream(replika_changes, replika_store);
     let metrics = telemetry.metrics;
     controller
-        .with_config(kube::runtime::Config::default().concurrency(settings.max_parallel_replikas))
+        // Unbounded here: a pass holds one of `pass_slots` only while it reads
+        // the caches and writes copies, not while it reports.
+        .with_config(kube::runtime::Config::default())
         .reconcile_on(poll_fn(move |cx| wake_rx.poll_recv(cx)))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, context)

@@ -118,6 +118,8 @@ pub fn error_policy(replika: Arc<Replika>, error: &Error, _ctx: Arc<Context>) ->
 async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
     let replika_ref = ObjectRef::from_obj(replika);
     let due = ctx.due.take(&replika_ref);
+    // Reasons that arrive while this pass waits make the next one due.
+    let slot = ctx.pass_slot().await;
     let owner = owner_of(replika)?;
     // Put back only by a pass that replicates: any other makes the next one whole.
     let last_whole = ctx.take_whole_pass(&owner.uid);
@@ -257,6 +259,9 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
             }
         },
     };
+
+    // The copies are written: reporting needs no slot.
+    drop(slot);
 
     // Writes refused for lack of leadership (however briefly) say nothing about
     // the copies: report nothing, and try again shortly.

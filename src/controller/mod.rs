@@ -71,7 +71,7 @@ pub const DEFAULT_MAX_PARALLEL_WRITES: usize = 32;
 pub const DEFAULT_MAX_PARALLEL_REPLIKAS: u16 = 16;
 /// How many copy writes are in flight at once across all Replikas, unless
 /// told otherwise (`replika run --max-writes-in-flight`).
-pub const DEFAULT_MAX_WRITES_IN_FLIGHT: usize = 128;
+pub const DEFAULT_MAX_WRITES_IN_FLIGHT: usize = 64;
 
 /// Tunables of the engine.
 #[derive(Clone, Debug)]

@@ -45,7 +45,13 @@ else
 fi
 
 "$kubectl" apply --server-side -k deploy/base
-"$kubectl" wait --for=condition=Established --timeout=60s crd/replikas.replika.prosimcorp.com >/dev/null
+# kubectl wait fails at once, instead of waiting, while the new CRD has no
+# status conditions yet; ask again for up to a minute.
+established() {
+  "$kubectl" wait --for=condition=Established --timeout=60s crd/replikas.replika.prosimcorp.com >/dev/null
+}
+for _ in $(seq 60); do established 2>/dev/null && break; sleep 1; done
+established
 replika=${REPLIKA_BIN:-}
 if [ -z "$replika" ]; then
   cargo build --quiet --bin replika

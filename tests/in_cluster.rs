@@ -260,15 +260,16 @@ async fn the_example_replicates_and_is_observable(
         )
         .await;
     }
-    kubectl_ok(
-        cluster,
-        &[
-            "wait",
-            "--namespace=default",
-            "--for=condition=Ready",
-            "--timeout=60s",
-            "replika/replika-sample",
-        ],
+    let ready = cluster.plane().kubectl_wait(&[
+        "--namespace=default",
+        "--for=condition=Ready",
+        "--timeout=60s",
+        "replika/replika-sample",
+    ]);
+    assert!(
+        ready.status_ok,
+        "replika-sample not Ready: {}",
+        ready.stderr
     );
     let described = kubectl_ok(
         cluster,

@@ -68,16 +68,19 @@ pub async fn prepare(
     external: bool,
 ) -> Result<Cluster> {
     kubectl(plane, &["apply", "--server-side", "-k", DEPLOY_BASE]).await?;
-    kubectl(
-        plane,
-        &[
-            "wait",
+    let established = tokio::task::spawn_blocking(|| {
+        plane.kubectl_wait(&[
             "--for=condition=Established",
             "--timeout=60s",
             "crd/replikas.replika.prosimcorp.com",
-        ],
-    )
+        ])
+    })
     .await?;
+    ensure!(
+        established.status_ok,
+        "the Replika CRD was not established: {}",
+        established.stderr.trim()
+    );
     for manifest in extra_manifests {
         let manifest = manifest.to_str().context("a manifest path is not UTF-8")?;
         kubectl(plane, &["apply", "--server-side", "-f", manifest]).await?;

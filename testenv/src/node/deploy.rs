@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use super::{Cluster, checked, repo_path};
 use crate::process::{self, Processes};
@@ -184,13 +184,17 @@ impl Cluster {
     fn start_cert_manager(&self) -> Result<()> {
         let crds = tool_output("tools/cert-manager-crds.sh")?;
         self.kubectl(&["apply", "--server-side", "--filename", &crds])?;
-        self.kubectl(&[
-            "wait",
+        let established = self.plane.kubectl_wait(&[
             "--for=condition=Established",
             "--timeout=60s",
             "crd/certificates.cert-manager.io",
             "crd/issuers.cert-manager.io",
-        ])?;
+        ]);
+        ensure!(
+            established.status_ok,
+            "cert-manager's CRDs were not established: {}",
+            established.stderr.trim()
+        );
         let bin = tool_output("tools/build-cert-manager.sh")?;
         let layout = &self.plane.layout;
         let kubeconfig = self.plane.kubeconfig_path().as_os_str().to_owned();

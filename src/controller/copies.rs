@@ -19,13 +19,13 @@ use futures::{StreamExt, stream};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
 };
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::debug;
 
 use super::MANAGER;
-use super::copy_index::CopyRecord;
+use super::copy_index::{CopyMeta, CopyRecord};
 use super::outcome::{NotLeading, Outcome, describe, is_immutable_rejection};
 use super::written::WrittenVersions;
 use crate::api::ConflictPolicy;
@@ -70,7 +70,15 @@ pub struct CopyWriter<'a> {
 }
 
 impl CopyWriter<'_> {
+    /// Whole objects, for reading a copy's content.
     fn api(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, self.resource)
+    }
+
+    /// Writes whose answer is read for its metadata alone: a copy's content
+    /// is never parsed back, which saves the operator the CPU and memory of
+    /// building it once more per write.
+    fn metadata_api(&self, namespace: &str) -> Api<CopyMeta> {
         Api::namespaced_with(self.client.clone(), namespace, self.resource)
     }
 
@@ -275,22 +283,26 @@ impl CopyWriter<'_> {
             ..Default::default()
         };
         let patched = self
-            .api(&copy.namespace)
+            .metadata_api(&copy.namespace)
             .patch(&copy.name, &params, &Patch::<()>::Json(patch))
             .await?;
-        Ok(patched.resource_version())
+        Ok(patched.metadata.resource_version)
     }
 
     /// Creates the copy in `namespace`, failing if an object is already there.
     async fn create(&self, namespace: &str, template: &CopyTemplate) -> Result<(), kube::Error> {
         let _slot = self.may_write().await?;
-        let object: DynamicObject = serde_json::from_value(template.for_namespace(namespace))
+        let body = serde_json::to_vec(&template.for_namespace(namespace))
             .map_err(kube::Error::SerdeError)?;
         let params = PostParams {
             field_manager: Some(MANAGER.into()),
             ..Default::default()
         };
-        let created = self.api(namespace).create(&params, &object).await?;
+        let url = DynamicObject::url_path(self.resource, Some(namespace));
+        let request = kube::core::Request::new(url)
+            .create(&params, body)
+            .map_err(kube::Error::BuildRequest)?;
+        let created: CopyMeta = self.client.request(request).await?;
         let record = CopyRecord::from_metadata(&created.metadata);
         self.written
             .set(self.owner_uid, namespace, Some(&record.resource_version));
@@ -315,10 +327,10 @@ impl CopyWriter<'_> {
         body["metadata"]["uid"] = Value::String(existing.uid.to_string());
         let params = PatchParams::apply(MANAGER).force();
         let applied = self
-            .api(namespace)
+            .metadata_api(namespace)
             .patch(&existing.name, &params, &Patch::Apply(&body))
             .await?;
-        let version = applied.resource_version();
+        let version = applied.metadata.resource_version;
         let changed = version.as_deref() != Some(&*existing.resource_version);
         self.written
             .set(self.owner_uid, namespace, version.as_deref());
@@ -337,7 +349,11 @@ impl CopyWriter<'_> {
             ..Default::default()
         };
         self.written.set(self.owner_uid, namespace, None);
-        match self.api(namespace).delete(&existing.name, &params).await {
+        match self
+            .metadata_api(namespace)
+            .delete(&existing.name, &params)
+            .await
+        {
             Ok(_) => {
                 self.metrics.observe_write(CopyOperation::Delete);
                 Ok(())
@@ -364,7 +380,7 @@ impl CopyWriter<'_> {
         };
         self.written.set(self.owner_uid, namespace, None);
         match self
-            .api(namespace)
+            .metadata_api(namespace)
             .patch(&existing.name, &params, &Patch::Merge(&patch))
             .await
         {

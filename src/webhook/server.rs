@@ -1,30 +1,22 @@
-//! The HTTPS server the API server calls: TLS by rustls, HTTP/2 or HTTP/1.1
-//! (as the client chose by ALPN) by hyper, routes by axum.
-//!
-//! The API server speaks HTTP/2 when offered: its concurrent admissions then
-//! share one connection instead of opening (and TLS-handshaking) one each,
-//! beyond the 25 idle connections it keeps per webhook over HTTP/1.1.
+//! The HTTPS server the API server calls: TLS by rustls, HTTP/1.1 by hyper, routes by axum.
 //!
 //! Every resource a client can hold is bounded: connections (a semaphore),
-//! streams per HTTP/2 connection, the TLS handshake and the HTTP/1.1 request
-//! head (timeouts), a silent HTTP/2 peer (pings), the body (size and time,
-//! enforced by the handlers). A client speaking plain HTTP gets a plain-text
-//! 400 instead of a TLS alert it cannot read.
+//! the TLS handshake and the request head (timeouts), the body (size and time,
+//! enforced by the handlers). A client speaking plain HTTP gets a plain-text 400
+//! instead of a TLS alert it cannot read.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
-
-use super::tls::H2;
 
 /// Limits of the server.
 #[derive(Clone, Debug)]
@@ -37,11 +29,6 @@ pub struct Limits {
     /// races the API server reusing it, which then fails the admission with
     /// "broken pipe".
     pub header_read_timeout: Duration,
-    /// Requests in flight at once on one HTTP/2 connection.
-    pub max_streams_per_connection: u32,
-    /// How often an HTTP/2 connection is pinged; a peer that does not answer
-    /// within the handshake timeout is disconnected.
-    pub ping_interval: Duration,
 }
 
 impl Default for Limits {
@@ -50,8 +37,6 @@ impl Default for Limits {
             max_connections: 256,
             handshake_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(120),
-            max_streams_per_connection: 256,
-            ping_interval: Duration::from_secs(30),
         }
     }
 }
@@ -126,23 +111,11 @@ async fn serve_connection(
             return;
         }
     };
-    let http2 = tls.get_ref().1.alpn_protocol() == Some(H2);
-    let (io, service) = (TokioIo::new(tls), TowerToHyperService::new(app));
-    let result = if http2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.max_streams_per_connection)
-            .keep_alive_interval(limits.ping_interval)
-            .keep_alive_timeout(limits.handshake_timeout)
-            .serve_connection(io, service)
-            .await
-    } else {
-        hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(io, service)
-            .await
-    };
+    let result = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+        .await;
     if let Err(error) = result {
         debug!(%peer, %error, "connection ended with an error");
     }

@@ -84,20 +84,16 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// TLS 1.2 and 1.3 with the ring provider, HTTP/2 or HTTP/1.1 (offered in
-/// that order), certificates from `resolver`.
+/// TLS 1.2 and 1.3 with the ring provider, HTTP/1.1, certificates from `resolver`.
 pub fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![H2.to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
-
-/// The ALPN name of HTTP/2.
-pub const H2: &[u8] = b"h2";
 
 /// Loads `tls.crt` and `tls.key` from `dir`.
 pub fn load_dir(dir: &Path) -> Result<CertifiedKey, TlsError> {

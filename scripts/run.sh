@@ -46,12 +46,16 @@ fi
 
 "$kubectl" apply --server-side -k deploy/base
 # kubectl wait fails at once, instead of waiting, while the new CRD has no
-# status conditions yet; ask again for up to a minute.
+# status conditions yet; ask again until a minute has passed, then once more
+# to show why (set -e stops the script there).
 established() {
-  "$kubectl" wait --for=condition=Established --timeout=60s crd/replikas.replika.prosimcorp.com >/dev/null
+  "$kubectl" wait --for=condition=Established --timeout=5s crd/replikas.replika.prosimcorp.com >/dev/null
 }
-for _ in $(seq 60); do established 2>/dev/null && break; sleep 1; done
-established
+deadline=$((SECONDS + 60))
+until established 2>/dev/null; do
+  if [ "$SECONDS" -ge "$deadline" ]; then established; fi
+  sleep 1
+done
 replika=${REPLIKA_BIN:-}
 if [ -z "$replika" ]; then
   cargo build --quiet --bin replika

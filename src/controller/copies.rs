@@ -27,7 +27,7 @@ use tracing::debug;
 use super::MANAGER;
 use super::copy_index::{CopyMeta, CopyRecord};
 use super::outcome::{NotLeading, Outcome, describe, is_immutable_rejection};
-use super::written::WrittenVersions;
+use super::written::{WriteInFlight, WrittenVersions};
 use crate::api::ConflictPolicy;
 use crate::api::{
     ANNOTATION_CONTENT_HASH, ANNOTATION_OWNER, ANNOTATION_OWNER_UID, LABEL_CREATED_BY,
@@ -53,6 +53,13 @@ pub struct SyncRules<'a> {
 
 /// Why a write found no copy: the next pass creates it.
 const COPY_DELETED: &str = "the copy was deleted while it was written";
+
+/// One write's turn: its slot among the writes in flight, and its copy
+/// marked as being written (so that the write's echo is known as ours).
+struct WriteTurn<'a> {
+    _slot: Option<SemaphorePermit<'a>>,
+    _copy: WriteInFlight<'a>,
+}
 
 /// Writes for the copies of one Replika in one kind.
 pub struct CopyWriter<'a> {
@@ -84,12 +91,16 @@ impl CopyWriter<'_> {
 
     /// Waits for a free slot among the writes in flight, then refuses the
     /// write if this process may no longer act as the leader. The slot is
-    /// held until the returned permit is dropped.
-    async fn may_write(&self) -> Result<Option<SemaphorePermit<'_>>, kube::Error> {
+    /// held, and the copy in `namespace` marked as being written, until the
+    /// returned turn is dropped: after the write has recorded its answer.
+    async fn may_write(&self, namespace: &str) -> Result<WriteTurn<'_>, kube::Error> {
         // The semaphore is never closed; without a permit the write goes ahead.
-        let permit = self.slots.acquire().await.ok();
+        let slot = self.slots.acquire().await.ok();
         if self.leadership.is_valid() {
-            Ok(permit)
+            Ok(WriteTurn {
+                _slot: slot,
+                _copy: self.written.write_started(self.owner_uid, namespace),
+            })
         } else {
             Err(kube::Error::Service(Box::new(NotLeading)))
         }
@@ -157,10 +168,6 @@ impl CopyWriter<'_> {
                     let index = current.create_entry.unwrap_or_default();
                     match self.upgrade_ownership(current, index).await {
                         Ok(upgraded) => {
-                            if written.is_ours(&current.resource_version) {
-                                self.written
-                                    .set(self.owner_uid, namespace, upgraded.as_deref());
-                            }
                             current.resource_version =
                                 upgraded.as_deref().unwrap_or_default().into();
                             current.create_entry = None;
@@ -242,18 +249,12 @@ impl CopyWriter<'_> {
                 if !self.leadership.is_valid() {
                     return;
                 }
-                match self.upgrade_ownership(&copy, index).await {
-                    Ok(upgraded) => self.written.upgraded(
-                        self.owner_uid,
-                        &copy.namespace,
-                        &copy.resource_version,
-                        upgraded.as_deref(),
-                    ),
-                    Err(error) => debug!(
+                if let Err(error) = self.upgrade_ownership(&copy, index).await {
+                    debug!(
                         namespace = %copy.namespace,
                         error = %describe(&error),
                         "could not upgrade a new copy's field ownership; the next pass does"
-                    ),
+                    );
                 }
             })
             .await;
@@ -263,12 +264,14 @@ impl CopyWriter<'_> {
     /// managed fields, into an `Apply` one. The `test` operations make it fail
     /// rather than edit a copy that changed since `copy.resource_version` (so
     /// an edit made meanwhile is not taken for ours) or an entry that moved.
+    /// When `copy` was at our latest write, the upgrade's version is recorded
+    /// as ours too. Returns the copy's new resource version.
     async fn upgrade_ownership(
         &self,
         copy: &CopyRecord,
         index: u32,
     ) -> Result<Option<String>, kube::Error> {
-        let _slot = self.may_write().await?;
+        let _turn = self.may_write(&copy.namespace).await?;
         let entry = format!("/metadata/managedFields/{index}");
         let patch: json_patch::Patch = serde_json::from_value(json!([
             {"op": "test", "path": "/metadata/uid", "value": copy.uid.to_string()},
@@ -286,12 +289,19 @@ impl CopyWriter<'_> {
             .metadata_api(&copy.namespace)
             .patch(&copy.name, &params, &Patch::<()>::Json(patch))
             .await?;
-        Ok(patched.metadata.resource_version)
+        let upgraded = patched.metadata.resource_version;
+        self.written.upgraded(
+            self.owner_uid,
+            &copy.namespace,
+            &copy.resource_version,
+            upgraded.as_deref(),
+        );
+        Ok(upgraded)
     }
 
     /// Creates the copy in `namespace`, failing if an object is already there.
     async fn create(&self, namespace: &str, template: &CopyTemplate) -> Result<(), kube::Error> {
-        let _slot = self.may_write().await?;
+        let _turn = self.may_write(namespace).await?;
         let body = serde_json::to_vec(&template.for_namespace(namespace))
             .map_err(kube::Error::SerdeError)?;
         let params = PostParams {
@@ -320,8 +330,8 @@ impl CopyWriter<'_> {
         existing: &CopyRecord,
         template: &CopyTemplate,
     ) -> Result<bool, kube::Error> {
-        let _slot = self.may_write().await?;
         let namespace = &existing.namespace;
+        let _turn = self.may_write(namespace).await?;
         let mut body = template.for_namespace(namespace);
         // The UID makes the apply fail instead of landing on a same-named newcomer.
         body["metadata"]["uid"] = Value::String(existing.uid.to_string());
@@ -339,8 +349,8 @@ impl CopyWriter<'_> {
 
     /// Deletes `existing`, only if it is still the object we saw.
     pub async fn delete(&self, existing: &CopyRecord) -> Result<(), kube::Error> {
-        let _slot = self.may_write().await?;
         let namespace = &existing.namespace;
+        let _turn = self.may_write(namespace).await?;
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: Some(existing.uid.to_string()),
@@ -365,8 +375,8 @@ impl CopyWriter<'_> {
 
     /// Leaves `existing` in place without Replika's marks, so nothing manages it any more.
     pub async fn release(&self, existing: &CopyRecord) -> Result<(), kube::Error> {
-        let _slot = self.may_write().await?;
         let namespace = &existing.namespace;
+        let _turn = self.may_write(namespace).await?;
         let patch = json!({
             "metadata": {
                 "uid": existing.uid.to_string(),

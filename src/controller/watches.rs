@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 
 use super::copy_index::{CopyIndex, CopyIndexWriter, CopyMeta};
 use super::due::DuePasses;
-use super::written::WrittenVersions;
+use super::written::{Wake, WrittenVersions};
 use crate::api::Replika;
 use crate::domain::validation::SourceRef;
 use crate::locks::lock;
@@ -193,7 +193,7 @@ impl Watches {
             self.due.clone(),
             Handling {
                 store: Box::new(move |event| writer.apply_watcher_event(event)),
-                is_echo: Box::new(|_| false),
+                on_change: Box::new(|_, wake| wake()),
                 // A changed source concerns every copy.
                 namespace_of: |_| None,
             },
@@ -232,7 +232,9 @@ impl Watches {
             self.due.clone(),
             Handling {
                 store: Box::new(move |event| writer.apply(event)),
-                is_echo: Box::new(move |copy: &CopyMeta| written.is_own_write(&copy.metadata)),
+                on_change: Box::new(move |copy: &CopyMeta, wake| {
+                    written.wake_unless_own_write(&copy.metadata, wake);
+                }),
                 // A copy changed by someone else concerns its namespace alone.
                 namespace_of: |copy: &CopyMeta| copy.metadata.namespace.clone(),
             },
@@ -270,8 +272,9 @@ type StoreEvent<K> = Box<dyn FnMut(&Event<K>) + Send>;
 /// How a watch treats its objects.
 struct Handling<K> {
     store: StoreEvent<K>,
-    /// Whether an object is the echo of the engine's own write, which wakes nobody.
-    is_echo: Box<dyn Fn(&K) -> bool + Send>,
+    /// Given a changed object and how to wake the passes it concerns: wakes
+    /// them, unless the change is the echo of the engine's own write.
+    on_change: Box<dyn Fn(&K, Wake) + Send>,
     /// The one namespace a change of the object concerns (`None`: every target).
     namespace_of: fn(&K) -> Option<String>,
 }
@@ -315,10 +318,15 @@ async fn drive_watch<K>(
 ) where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let notify = |namespace: Option<String>| {
-        for replika in lock(&subscribers).iter() {
-            due.changed(replika, namespace.as_deref());
-        }
+    let notify = |namespace: Option<String>| wake(&subscribers, &due, namespace.as_deref());
+    // A change of one object: it counts as the watch's last change once it
+    // proves not to be our own write's echo.
+    let waker = |namespace: Option<String>| -> Wake {
+        let (health, subscribers, due) = (health.clone(), subscribers.clone(), due.clone());
+        Box::new(move || {
+            *lock(&health.last_change) = Some(Instant::now());
+            wake(&subscribers, &due, namespace.as_deref());
+        })
     };
     let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
@@ -332,13 +340,9 @@ async fn drive_watch<K>(
                         health.synced.store(true, Ordering::Release);
                         notify(None);
                     }
-                    Event::Apply(object) | Event::Delete(object)
-                        if !(handling.is_echo)(&object) =>
-                    {
-                        *lock(&health.last_change) = Some(Instant::now());
-                        notify((handling.namespace_of)(&object));
+                    Event::Apply(object) | Event::Delete(object) => {
+                        (handling.on_change)(&object, waker((handling.namespace_of)(&object)));
                     }
-                    Event::Apply(_) | Event::Delete(_) => {}
                     Event::Init | Event::InitApply(_) if recovered => notify(None),
                     Event::Init | Event::InitApply(_) => {}
                 }
@@ -352,6 +356,17 @@ async fn drive_watch<K>(
                 }
             }
         }
+    }
+}
+
+/// Makes a pass of every subscriber due, for `namespace` alone or (`None`) every target.
+fn wake(
+    subscribers: &Mutex<HashSet<ObjectRef<Replika>>>,
+    due: &DuePasses,
+    namespace: Option<&str>,
+) {
+    for replika in lock(subscribers).iter() {
+        due.changed(replika, namespace);
     }
 }
 

@@ -1,6 +1,11 @@
 //! The resource versions this process's own writes left on copies, so that
 //! the watch echo of a write wakes nobody and a copy changed by someone else
 //! is looked at again.
+//!
+//! The echo of a write can arrive before the write's answer: a change seen
+//! while a write to that copy is in flight ([`WrittenVersions::write_started`])
+//! is held, and judged against the versions the write recorded once it is
+//! answered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,12 +20,68 @@ use crate::locks::lock;
 /// What we wrote into one Replika's copies, by namespace (shared with the copy indexes).
 type ByNamespace = HashMap<Arc<str>, Written>;
 
+/// Wakes the passes that a change of a copy concerns.
+pub type Wake = Box<dyn FnOnce() + Send>;
+
+/// The writes in flight to one copy, and the changes seen meanwhile.
+#[derive(Default)]
+struct InFlight {
+    writes: usize,
+    /// The version each held change showed, and whom it wakes unless ours.
+    held: Vec<(Box<str>, Wake)>,
+}
+
 /// Resource versions of copies as we last wrote them, by Replika UID and namespace.
 /// A copy whose resource version moved on was changed by someone else and is re-applied.
 #[derive(Default)]
-pub struct WrittenVersions(Mutex<HashMap<Box<str>, ByNamespace>>);
+pub struct WrittenVersions {
+    versions: Mutex<HashMap<Box<str>, ByNamespace>>,
+    /// By Replika UID and namespace.
+    in_flight: Mutex<HashMap<(Box<str>, Box<str>), InFlight>>,
+}
+
+/// A write to one copy in flight; when dropped (after the write recorded its
+/// answer), the changes seen meanwhile that are not ours wake their passes.
+pub struct WriteInFlight<'a> {
+    written: &'a WrittenVersions,
+    key: (Box<str>, Box<str>),
+}
+
+impl Drop for WriteInFlight<'_> {
+    fn drop(&mut self) {
+        let held = {
+            let mut in_flight = lock(&self.written.in_flight);
+            let Some(copy) = in_flight.get_mut(&self.key) else {
+                return;
+            };
+            copy.writes -= 1;
+            if copy.writes > 0 {
+                return;
+            }
+            in_flight.remove(&self.key).map(|copy| copy.held)
+        };
+        let (owner_uid, namespace) = (&*self.key.0, &*self.key.1);
+        for (version, wake) in held.into_iter().flatten() {
+            let ours = self
+                .written
+                .get(owner_uid, namespace)
+                .is_some_and(|written| written.is_ours(&version));
+            if !ours {
+                wake();
+            }
+        }
+    }
+}
 
 impl WrittenVersions {
+    /// Marks a write of `owner_uid`'s copy in `namespace` as in flight until
+    /// the returned guard is dropped.
+    pub(super) fn write_started(&self, owner_uid: &str, namespace: &str) -> WriteInFlight<'_> {
+        let key: (Box<str>, Box<str>) = (owner_uid.into(), namespace.into());
+        lock(&self.in_flight).entry(key.clone()).or_default().writes += 1;
+        WriteInFlight { written: self, key }
+    }
+
     pub(super) fn get(&self, owner_uid: &str, namespace: &str) -> Option<Written> {
         self.lock().get(owner_uid)?.get(namespace).cloned()
     }
@@ -74,19 +135,29 @@ impl WrittenVersions {
     }
 
     /// Whether an object is exactly as the engine's own writes left it (by owner and namespace).
-    pub fn is_own_write(&self, metadata: &ObjectMeta) -> bool {
-        let (Some(owner_uid), Some(namespace), Some(version)) = (
-            metadata
-                .annotations
-                .as_ref()
-                .and_then(|annotations| annotations.get(ANNOTATION_OWNER_UID)),
-            metadata.namespace.as_deref(),
-            metadata.resource_version.as_deref(),
-        ) else {
+    pub(super) fn is_own_write(&self, metadata: &ObjectMeta) -> bool {
+        let Some((owner_uid, namespace, version)) = copy_version(metadata) else {
             return false;
         };
         self.get(owner_uid, namespace)
             .is_some_and(|written| written.is_ours(version))
+    }
+
+    /// Calls `wake` for a change of the copy `metadata` unless it is the echo
+    /// of our own write; while a write to that copy is in flight, the change
+    /// is held and judged once the write has recorded its answer.
+    pub fn wake_unless_own_write(&self, metadata: &ObjectMeta, wake: Wake) {
+        if self.is_own_write(metadata) {
+            return;
+        }
+        if let Some((owner_uid, namespace, version)) = copy_version(metadata) {
+            let key = (owner_uid.into(), namespace.into());
+            if let Some(copy) = lock(&self.in_flight).get_mut(&key) {
+                copy.held.push((version.into(), wake));
+                return;
+            }
+        }
+        wake();
     }
 
     /// Drops everything remembered for one Replika.
@@ -95,13 +166,71 @@ impl WrittenVersions {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, ByNamespace>> {
-        lock(&self.0)
+        lock(&self.versions)
     }
+}
+
+/// The owner UID, namespace and resource version of a copy.
+fn copy_version(metadata: &ObjectMeta) -> Option<(&str, &str, &str)> {
+    Some((
+        metadata.annotations.as_ref()?.get(ANNOTATION_OWNER_UID)?,
+        metadata.namespace.as_deref()?,
+        metadata.resource_version.as_deref()?,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+
+    /// A wake that counts its calls in `woken`.
+    fn counting(woken: &Arc<AtomicUsize>) -> Wake {
+        let woken = woken.clone();
+        Box::new(move || {
+            woken.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+
+    #[test]
+    fn the_echo_of_a_write_that_arrives_before_its_answer_wakes_nobody() {
+        let written = WrittenVersions::default();
+        let woken = Arc::new(AtomicUsize::new(0));
+        let write = written.write_started("uid-1", "team-a");
+        written.wake_unless_own_write(&copy("uid-1", "team-a", "10"), counting(&woken));
+        written.set("uid-1", "team-a", Some("10"));
+        drop(write);
+        assert_eq!(woken.load(Ordering::SeqCst), 0);
+        // Once answered, the same version is known at once.
+        written.wake_unless_own_write(&copy("uid-1", "team-a", "10"), counting(&woken));
+        assert_eq!(woken.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_change_by_someone_else_during_our_write_wakes_once_the_write_is_answered() {
+        let written = WrittenVersions::default();
+        let woken = Arc::new(AtomicUsize::new(0));
+        let first = written.write_started("uid-1", "team-a");
+        let second = written.write_started("uid-1", "team-a");
+        written.wake_unless_own_write(&copy("uid-1", "team-a", "9"), counting(&woken));
+        written.set("uid-1", "team-a", Some("10"));
+        drop(first);
+        assert_eq!(
+            woken.load(Ordering::SeqCst),
+            0,
+            "held while a write is in flight"
+        );
+        drop(second);
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        // Without a write in flight, a change not ours wakes at once.
+        written.wake_unless_own_write(&copy("uid-1", "team-a", "11"), counting(&woken));
+        assert_eq!(woken.load(Ordering::SeqCst), 2);
+        // A write to another namespace holds nothing here.
+        let _other = written.write_started("uid-1", "team-b");
+        written.wake_unless_own_write(&copy("uid-1", "team-a", "12"), counting(&woken));
+        assert_eq!(woken.load(Ordering::SeqCst), 3);
+    }
 
     fn copy(owner_uid: &str, namespace: &str, version: &str) -> ObjectMeta {
         ObjectMeta {

@@ -269,12 +269,14 @@ fn unsubscribe(
 /// Puts each event of a watch into its cache.
 type StoreEvent<K> = Box<dyn FnMut(&Event<K>) + Send>;
 
+/// Given a changed object and how to wake the passes it concerns: wakes
+/// them, unless the change is the echo of the engine's own write.
+type OnChange<K> = Box<dyn Fn(&K, Wake) + Send>;
+
 /// How a watch treats its objects.
 struct Handling<K> {
     store: StoreEvent<K>,
-    /// Given a changed object and how to wake the passes it concerns: wakes
-    /// them, unless the change is the echo of the engine's own write.
-    on_change: Box<dyn Fn(&K, Wake) + Send>,
+    on_change: OnChange<K>,
     /// The one namespace a change of the object concerns (`None`: every target).
     namespace_of: fn(&K) -> Option<String>,
 }

@@ -23,6 +23,9 @@ type ByNamespace = HashMap<Arc<str>, Written>;
 /// Wakes the passes that a change of a copy concerns.
 pub type Wake = Box<dyn FnOnce() + Send>;
 
+/// Identifies one copy: its Replika's UID and its namespace.
+type CopyKey = (Box<str>, Box<str>);
+
 /// The writes in flight to one copy, and the changes seen meanwhile.
 #[derive(Default)]
 struct InFlight {
@@ -36,15 +39,14 @@ struct InFlight {
 #[derive(Default)]
 pub struct WrittenVersions {
     versions: Mutex<HashMap<Box<str>, ByNamespace>>,
-    /// By Replika UID and namespace.
-    in_flight: Mutex<HashMap<(Box<str>, Box<str>), InFlight>>,
+    in_flight: Mutex<HashMap<CopyKey, InFlight>>,
 }
 
 /// A write to one copy in flight; when dropped (after the write recorded its
 /// answer), the changes seen meanwhile that are not ours wake their passes.
 pub struct WriteInFlight<'a> {
     written: &'a WrittenVersions,
-    key: (Box<str>, Box<str>),
+    key: CopyKey,
 }
 
 impl Drop for WriteInFlight<'_> {
@@ -77,7 +79,7 @@ impl WrittenVersions {
     /// Marks a write of `owner_uid`'s copy in `namespace` as in flight until
     /// the returned guard is dropped.
     pub(super) fn write_started(&self, owner_uid: &str, namespace: &str) -> WriteInFlight<'_> {
-        let key: (Box<str>, Box<str>) = (owner_uid.into(), namespace.into());
+        let key: CopyKey = (owner_uid.into(), namespace.into());
         lock(&self.in_flight).entry(key.clone()).or_default().writes += 1;
         WriteInFlight { written: self, key }
     }

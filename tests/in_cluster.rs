@@ -260,17 +260,16 @@ async fn the_example_replicates_and_is_observable(
         )
         .await;
     }
-    let ready = cluster.plane().kubectl_wait(&[
-        "--namespace=default",
-        "--for=condition=Ready",
-        "--timeout=60s",
-        "replika/replika-sample",
-    ]);
-    assert!(
-        ready.status_ok,
-        "replika-sample not Ready: {}",
-        ready.stderr
-    );
+    if let Err(error) = cluster.plane().kubectl_wait(
+        &[
+            "--namespace=default",
+            "--for=condition=Ready",
+            "replika/replika-sample",
+        ],
+        Duration::from_secs(60),
+    ) {
+        panic!("replika-sample not Ready: {error}");
+    }
     let described = kubectl_ok(
         cluster,
         &["describe", "--namespace=default", "replika/replika-sample"],

@@ -4,6 +4,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -177,17 +178,14 @@ async fn source_changes_propagate_and_edited_copies_are_restored() {
     for ns in [&t1, &t2] {
         wait_for_copy(&client, ns, "app-config", &[("a", "1"), ("b", "2")]).await;
     }
-    let waited = h.plane.kubectl_wait(&[
-        "--for=condition=Ready",
-        "--timeout=30s",
-        "-n",
-        &src,
-        "replika/app",
-    ]);
+    let waited = h.plane.kubectl_wait(
+        &["--for=condition=Ready", "-n", &src, "replika/app"],
+        Duration::from_secs(30),
+    );
     assert!(
-        waited.status_ok,
-        "kubectl wait failed: {}\n{}",
-        waited.stderr,
+        waited.is_ok(),
+        "kubectl wait failed: {:?}\n{}",
+        waited,
         h.operator_log_tail()
     );
 
@@ -745,12 +743,15 @@ spec:
           spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
 "#,
     );
-    let established = h.plane.kubectl_wait(&[
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/alertconfigs.monitoring.replika.test",
-    ]);
-    assert!(established.status_ok, "{}", established.stderr);
+    if let Err(error) = h.plane.kubectl_wait(
+        &[
+            "--for=condition=Established",
+            "crd/alertconfigs.monitoring.replika.test",
+        ],
+        Duration::from_secs(30),
+    ) {
+        panic!("the CRD was not established: {error}");
+    }
     let src = namespace(&client, "crd-src").await;
     let target = namespace(&client, "crd-target").await;
     h.kubectl_apply(&format!(

@@ -68,19 +68,17 @@ pub async fn prepare(
     external: bool,
 ) -> Result<Cluster> {
     kubectl(plane, &["apply", "--server-side", "-k", DEPLOY_BASE]).await?;
-    let established = tokio::task::spawn_blocking(|| {
-        plane.kubectl_wait(&[
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/replikas.replika.prosimcorp.com",
-        ])
+    tokio::task::spawn_blocking(|| {
+        plane.kubectl_wait(
+            &[
+                "--for=condition=Established",
+                "crd/replikas.replika.prosimcorp.com",
+            ],
+            std::time::Duration::from_secs(60),
+        )
     })
-    .await?;
-    ensure!(
-        established.status_ok,
-        "the Replika CRD was not established: {}",
-        established.stderr.trim()
-    );
+    .await?
+    .map_err(|error| anyhow!("the Replika CRD was not established: {error}"))?;
     for manifest in extra_manifests {
         let manifest = manifest.to_str().context("a manifest path is not UTF-8")?;
         kubectl(plane, &["apply", "--server-side", "-f", manifest]).await?;

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::Mutex,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, anyhow};
@@ -151,18 +151,36 @@ impl ControlPlane {
         self.kubectl.command(&self.kubeconfig)
     }
 
-    /// `kubectl wait <args>` as admin, asked again until it succeeds or a
-    /// minute has passed: kubectl fails at once, instead of waiting, on an
-    /// object whose status has no conditions yet (a CRD or Certificate just
-    /// created). Returns the last answer.
-    pub fn kubectl_wait(&self, args: &[&str]) -> crate::CommandOutput {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    /// `kubectl wait <args>` as admin until it succeeds or `within` has
+    /// passed, asking again every few seconds: kubectl fails at once, instead
+    /// of waiting, on an object whose status has no conditions yet (a CRD or
+    /// Certificate just created). `args` name the condition and the objects;
+    /// the helper sets each attempt's `--timeout`. The error is kubectl's last
+    /// answer.
+    ///
+    /// # Errors
+    /// kubectl's last error output, once `within` has passed.
+    pub fn kubectl_wait(&self, args: &[&str], within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
         loop {
-            let waited = crate::run(self.kubectl().arg("wait").args(args));
-            if waited.status_ok || std::time::Instant::now() >= deadline {
-                return waited;
+            let attempt = deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_secs(1), Duration::from_secs(5));
+            let waited = crate::run(
+                self.kubectl()
+                    .arg("wait")
+                    .arg(format!("--timeout={}s", attempt.as_secs()))
+                    .args(args),
+            );
+            if waited.status_ok {
+                return Ok(());
             }
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            if Instant::now() >= deadline {
+                return Err(format!("{}{}", waited.stdout, waited.stderr)
+                    .trim()
+                    .to_string());
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 

@@ -102,7 +102,8 @@ async fn new_namespace_gets_a_default_service_account() {
 
 #[tokio::test]
 async fn installed_crd_becomes_established_and_serves_objects() {
-    let client = ControlPlane::shared().admin_client().await;
+    let plane = ControlPlane::shared();
+    let client = plane.admin_client().await;
     let namespace = TestNamespace::new(&client, "crd").await;
     // CRDs are cluster-wide: a group of its own keeps reruns on a long-lived
     // plane apart.
@@ -116,15 +117,14 @@ async fn installed_crd_becomes_established_and_serves_objects() {
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
     let crd = create(&crds, widget_crd(&widgets)).await;
 
-    wait_for("the CRD to be Established", DEADLINE, || async {
-        let crd = crds.get(&crd.name_any()).await.ok()?;
-        let conditions = crd.status?.conditions?;
-        conditions
-            .iter()
-            .any(|condition| condition.type_ == "Established" && condition.status == "True")
-            .then_some(())
+    // Asked at once, while the CRD has no conditions yet: kubectl alone would fail.
+    let established = format!("crd/{}", crd.name_any());
+    tokio::task::spawn_blocking(move || {
+        plane.kubectl_wait(&["--for=condition=Established", &established], DEADLINE)
     })
-    .await;
+    .await
+    .expect("the wait ran")
+    .expect("the CRD becomes Established");
 
     let objects = Api::<DynamicObject>::namespaced_with(client, &namespace.name, &widgets);
     let widget = DynamicObject::new("sprocket", &widgets).data(json!({ "spec": { "size": 3 } }));
@@ -220,6 +220,32 @@ async fn service_account_identity_authenticates_as_the_service_account() {
 }
 
 /// `KUBERNETES_VERSION` from `control-plane/versions.env`.
+#[tokio::test]
+async fn kubectl_wait_gives_kubectls_reason_once_its_time_is_up() {
+    let plane = ControlPlane::shared();
+    let started = std::time::Instant::now();
+    let waited = tokio::task::spawn_blocking(|| {
+        plane.kubectl_wait(
+            &[
+                "--namespace=default",
+                "--for=condition=Ready",
+                "configmap/never-created",
+            ],
+            Duration::from_secs(3),
+        )
+    })
+    .await
+    .expect("the wait ran");
+    let error = waited.expect_err("an object that never exists is never Ready");
+    assert!(error.contains("never-created"), "{error}");
+    // Bounded by its own time and one short attempt, not by kubectl's timeout on top.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 fn pinned_kubernetes_version() -> &'static str {
     include_str!("../../control-plane/versions.env")
         .lines()

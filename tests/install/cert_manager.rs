@@ -124,17 +124,19 @@ fn the_chain_is_issued_and_its_ca_injected(
     plane: &ControlPlane,
     cert_manager: &CertManager,
 ) -> BTreeMap<String, Vec<u8>> {
-    let ready = plane.kubectl_wait(&[
-        "--namespace=replika",
-        "--for=condition=Ready",
-        "--timeout=60s",
-        "issuer/replika-selfsigned",
-        "certificate/replika-ca",
-        "issuer/replika-ca",
-        "certificate/replika-webhook",
-    ]);
+    let ready = plane.kubectl_wait(
+        &[
+            "--namespace=replika",
+            "--for=condition=Ready",
+            "issuer/replika-selfsigned",
+            "certificate/replika-ca",
+            "issuer/replika-ca",
+            "certificate/replika-webhook",
+        ],
+        DEADLINE,
+    );
     assert!(
-        ready.status_ok,
+        ready.is_ok(),
         "cert-manager did not issue: {ready:?}{}",
         cert_manager.logs()
     );
@@ -198,13 +200,15 @@ fn the_api_server_calls_the_webhooks_through_the_same_chain(
 ) {
     remove_webhooks(plane);
     apply_server_side_stdin(plane, LOCAL_CERTIFICATE, "a certificate for 127.0.0.1");
-    let ready = plane.kubectl_wait(&[
-        "--namespace=replika",
-        "--for=condition=Ready",
-        "--timeout=60s",
-        "certificate/replika-webhook-e2e",
-    ]);
-    assert!(ready.status_ok, "{ready:?}{}", cert_manager.logs());
+    let ready = plane.kubectl_wait(
+        &[
+            "--namespace=replika",
+            "--for=condition=Ready",
+            "certificate/replika-webhook-e2e",
+        ],
+        DEADLINE,
+    );
+    assert!(ready.is_ok(), "{ready:?}{}", cert_manager.logs());
     let local = secret_data(plane, "replika-webhook-e2e-tls");
     write_tls(&operator.tls_dir, &local);
     let url = format!("https://127.0.0.1:{}", operator.port);

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use serde_json::Value;
 use testenv::{ControlPlane, run, run_with_stdin};
@@ -150,14 +151,12 @@ pub fn install_prometheus_operator_crds(plane: &ControlPlane) {
 }
 
 pub fn wait_established(plane: &ControlPlane, crds: &[&str]) {
-    let mut args = vec!["--for=condition=Established", "--timeout=60s"];
+    let mut args = vec!["--for=condition=Established"];
     let crd_names: Vec<String> = crds.iter().map(|crd| format!("crd/{crd}")).collect();
     args.extend(crd_names.iter().map(String::as_str));
-    let waited = plane.kubectl_wait(&args);
-    assert!(
-        waited.status_ok,
-        "CRDs {crds:?} not established: {waited:?}"
-    );
+    if let Err(error) = plane.kubectl_wait(&args, Duration::from_secs(60)) {
+        panic!("CRDs {crds:?} not established: {error}");
+    }
 }
 
 pub fn apply_server_side(plane: &ControlPlane, source: &[&str]) {

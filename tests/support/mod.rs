@@ -264,16 +264,15 @@ fn install_deploy_base(plane: &ControlPlane) {
         "kubectl apply -k deploy/base failed: {}",
         applied.stderr
     );
-    let established = plane.kubectl_wait(&[
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/replikas.replika.prosimcorp.com",
-    ]);
-    assert!(
-        established.status_ok,
-        "the Replika CRD was not established: {}",
-        established.stderr
-    );
+    if let Err(error) = plane.kubectl_wait(
+        &[
+            "--for=condition=Established",
+            "crd/replikas.replika.prosimcorp.com",
+        ],
+        Duration::from_secs(60),
+    ) {
+        panic!("the Replika CRD was not established: {error}");
+    }
 }
 
 /// Starts the operator binary built by cargo with `replika run <args>`, and a

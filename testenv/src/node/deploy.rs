@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, anyhow, bail};
 
 use super::{Cluster, checked, repo_path};
 use crate::process::{self, Processes};
@@ -184,17 +184,16 @@ impl Cluster {
     fn start_cert_manager(&self) -> Result<()> {
         let crds = tool_output("tools/cert-manager-crds.sh")?;
         self.kubectl(&["apply", "--server-side", "--filename", &crds])?;
-        let established = self.plane.kubectl_wait(&[
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/certificates.cert-manager.io",
-            "crd/issuers.cert-manager.io",
-        ]);
-        ensure!(
-            established.status_ok,
-            "cert-manager's CRDs were not established: {}",
-            established.stderr.trim()
-        );
+        self.plane
+            .kubectl_wait(
+                &[
+                    "--for=condition=Established",
+                    "crd/certificates.cert-manager.io",
+                    "crd/issuers.cert-manager.io",
+                ],
+                Duration::from_secs(60),
+            )
+            .map_err(|error| anyhow!("cert-manager's CRDs were not established: {error}"))?;
         let bin = tool_output("tools/build-cert-manager.sh")?;
         let layout = &self.plane.layout;
         let kubeconfig = self.plane.kubeconfig_path().as_os_str().to_owned();

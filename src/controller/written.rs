@@ -62,13 +62,9 @@ impl Drop for WriteInFlight<'_> {
             }
             in_flight.remove(&self.key).map(|copy| copy.held)
         };
-        let (owner_uid, namespace) = (&*self.key.0, &*self.key.1);
+        let written = self.written.get(&self.key.0, &self.key.1);
         for (version, wake) in held.into_iter().flatten() {
-            let ours = self
-                .written
-                .get(owner_uid, namespace)
-                .is_some_and(|written| written.is_ours(&version));
-            if !ours {
+            if !written.as_ref().is_some_and(|ours| ours.is_ours(&version)) {
                 wake();
             }
         }
@@ -136,30 +132,37 @@ impl WrittenVersions {
         }
     }
 
-    /// Whether an object is exactly as the engine's own writes left it (by owner and namespace).
+    /// Whether an object is exactly as the engine's own writes left it (by
+    /// owner and namespace); what the tests inspect.
+    #[cfg(test)]
     pub(super) fn is_own_write(&self, metadata: &ObjectMeta) -> bool {
-        let Some((owner_uid, namespace, version)) = copy_version(metadata) else {
-            return false;
-        };
-        self.get(owner_uid, namespace)
-            .is_some_and(|written| written.is_ours(version))
+        copy_version(metadata).is_some_and(|(owner_uid, namespace, version)| {
+            self.is_ours(owner_uid, namespace, version)
+        })
     }
 
     /// Calls `wake` for a change of the copy `metadata` unless it is the echo
     /// of our own write; while a write to that copy is in flight, the change
     /// is held and judged once the write has recorded its answer.
     pub fn wake_unless_own_write(&self, metadata: &ObjectMeta, wake: Wake) {
-        if self.is_own_write(metadata) {
+        let Some((owner_uid, namespace, version)) = copy_version(metadata) else {
+            return wake();
+        };
+        if self.is_ours(owner_uid, namespace, version) {
             return;
         }
-        if let Some((owner_uid, namespace, version)) = copy_version(metadata) {
-            let key = (owner_uid.into(), namespace.into());
-            if let Some(copy) = lock(&self.in_flight).get_mut(&key) {
-                copy.held.push((version.into(), wake));
-                return;
-            }
+        let key = (owner_uid.into(), namespace.into());
+        if let Some(copy) = lock(&self.in_flight).get_mut(&key) {
+            copy.held.push((version.into(), wake));
+            return;
         }
         wake();
+    }
+
+    /// Whether `owner_uid`'s copy in `namespace` at `version` is as our writes left it.
+    fn is_ours(&self, owner_uid: &str, namespace: &str, version: &str) -> bool {
+        self.get(owner_uid, namespace)
+            .is_some_and(|written| written.is_ours(version))
     }
 
     /// Drops everything remembered for one Replika.

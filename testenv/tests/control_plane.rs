@@ -219,7 +219,6 @@ async fn service_account_identity_authenticates_as_the_service_account() {
     assert_eq!(can_i.stdout.trim(), "no", "{can_i:?}");
 }
 
-/// `KUBERNETES_VERSION` from `control-plane/versions.env`.
 #[tokio::test]
 async fn kubectl_wait_gives_kubectls_reason_once_its_time_is_up() {
     let plane = ControlPlane::shared();
@@ -246,6 +245,7 @@ async fn kubectl_wait_gives_kubectls_reason_once_its_time_is_up() {
     );
 }
 
+/// `KUBERNETES_VERSION` from `control-plane/versions.env`.
 fn pinned_kubernetes_version() -> &'static str {
     include_str!("../../control-plane/versions.env")
         .lines()

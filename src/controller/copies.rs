@@ -7,26 +7,22 @@
 //! touch an object that appeared meanwhile; every later write is a forced
 //! server-side apply carrying the copy's UID as a precondition, so it only ever
 //! lands on the object Replika created. A create records our field ownership as
-//! an `Update`, under which server-side apply would never remove a key; so once
-//! a pass has made all its copies it turns those entries into `Apply` ones (what
-//! kubectl does when it upgrades client-side-applied objects), and from then on
-//! a key removed from the source is removed from every copy. A copy whose
-//! upgrade failed is upgraded by the next pass that looks at it.
+//! an `Update`, under which server-side apply would never remove a key; so the
+//! first apply to a created copy is preceded by a patch that turns that entry
+//! into an `Apply` one (what kubectl does when it upgrades client-side-applied
+//! objects), and from then on a key removed from the source is removed from the
+//! copy. A copy that never changes costs its create alone.
 
-use std::sync::Mutex;
-
-use futures::{StreamExt, stream};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
 };
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tracing::debug;
 
 use super::MANAGER;
 use super::copy_index::{CopyMeta, CopyRecord};
-use super::outcome::{NotLeading, Outcome, describe, is_immutable_rejection};
+use super::outcome::{NotLeading, Outcome, is_immutable_rejection};
 use super::written::{WriteInFlight, WrittenVersions};
 use crate::api::ConflictPolicy;
 use crate::api::{
@@ -37,7 +33,6 @@ use crate::domain::copy::{CopyTemplate, Owner};
 use crate::domain::plan::Scope;
 use crate::domain::sync_steps::{Progress, SyncStep, next_step};
 use crate::leader::Leadership;
-use crate::locks::lock;
 use crate::metrics::{CopyOperation, Metrics};
 
 /// The most requests one copy's sync makes (a replacement after a stale
@@ -72,8 +67,6 @@ pub struct CopyWriter<'a> {
     pub metrics: &'a Metrics,
     /// One permit per request in flight, shared with every other writer.
     pub slots: &'a Semaphore,
-    /// Copies created by this writer whose ownership is not upgraded yet.
-    pub created: Mutex<Vec<CopyRecord>>,
 }
 
 impl CopyWriter<'_> {
@@ -118,6 +111,10 @@ impl CopyWriter<'_> {
         let mut copy = cached.cloned();
         let mut progress = Progress::default();
         let mut replacing = false;
+        // From an ownership upgrade to the end of the sync (the apply it is
+        // for), the copy stays marked as being written, so that the upgrade's
+        // echo, held while the apply is on its way, is judged as ours after it.
+        let mut _upgrade_span = None;
         for _ in 0..MAX_STEPS {
             if !self.leadership.is_valid() {
                 return Outcome::NotLeading;
@@ -165,6 +162,7 @@ impl CopyWriter<'_> {
                     }
                 }
                 (SyncStep::UpgradeOwnership, Some(current)) => {
+                    _upgrade_span = Some(self.written.write_started(self.owner_uid, namespace));
                     let index = current.create_entry.unwrap_or_default();
                     match self.upgrade_ownership(current, index).await {
                         Ok(upgraded) => {
@@ -236,30 +234,6 @@ impl CopyWriter<'_> {
         Ok(Some(now))
     }
 
-    /// Upgrades the ownership of every copy this writer created, `parallel`
-    /// at a time, so later applies can remove keys and no later pass has to.
-    /// A copy that fails keeps its `Update` entry for the next pass to upgrade.
-    pub async fn upgrade_created(&self, parallel: usize) {
-        let created = std::mem::take(&mut *lock(&self.created));
-        stream::iter(created)
-            .for_each_concurrent(parallel, |copy| async move {
-                let Some(index) = copy.create_entry else {
-                    return;
-                };
-                if !self.leadership.is_valid() {
-                    return;
-                }
-                if let Err(error) = self.upgrade_ownership(&copy, index).await {
-                    debug!(
-                        namespace = %copy.namespace,
-                        error = %describe(&error),
-                        "could not upgrade a new copy's field ownership; the next pass does"
-                    );
-                }
-            })
-            .await;
-    }
-
     /// Turns our `Update` field-ownership entry of `copy`, at `index` among its
     /// managed fields, into an `Apply` one. The `test` operations make it fail
     /// rather than edit a copy that changed since `copy.resource_version` (so
@@ -313,12 +287,11 @@ impl CopyWriter<'_> {
             .create(&params, body)
             .map_err(kube::Error::BuildRequest)?;
         let created: CopyMeta = self.client.request(request).await?;
-        let record = CopyRecord::from_metadata(&created.metadata);
-        self.written
-            .set(self.owner_uid, namespace, Some(&record.resource_version));
-        if record.create_entry.is_some() {
-            lock(&self.created).push(record);
-        }
+        self.written.set(
+            self.owner_uid,
+            namespace,
+            created.metadata.resource_version.as_deref(),
+        );
         self.metrics.observe_write(CopyOperation::Create);
         Ok(())
     }

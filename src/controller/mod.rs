@@ -66,10 +66,9 @@ pub const DEFAULT_MAX_PARALLEL_WRITES: usize = 32;
 /// told otherwise (`replika run --max-parallel-replikas`). Most passes are
 /// narrow ones over a namespace or two, so many may run at once; the writes of
 /// all of them together are bounded by [`DEFAULT_MAX_WRITES_IN_FLIGHT`]. A pass
-/// that wrote copies gives its slot back before it writes its status and hands
-/// over its new copies' field ownership; one that ends blocked before writing
-/// (invalid spec, caches not ready, author not authorized, source missing)
-/// reports while it still holds it.
+/// that wrote copies gives its slot back before it writes its status; one
+/// that ends blocked before writing (invalid spec, caches not ready, author
+/// not authorized, source missing) reports while it still holds it.
 pub const DEFAULT_MAX_PARALLEL_REPLIKAS: u16 = 16;
 /// How many copy writes are in flight at once across all Replikas, unless
 /// told otherwise (`replika run --max-writes-in-flight`).
@@ -144,7 +143,6 @@ impl Context {
             written: &self.written,
             metrics: &self.metrics,
             slots: &self.write_slots,
-            created: Default::default(),
         }
     }
 

@@ -302,13 +302,7 @@ async fn replicate(replika: &Replika, ctx: &Context) -> Result<Action, Error> {
         source_resource_version: source_version,
         copies,
     };
-    // The new copies' field ownership is handed over while the status is
-    // written: neither waits for the other.
-    let (_, reported) = tokio::join!(
-        writer.upgrade_created(ctx.settings.max_parallel_writes),
-        report(ctx, replika, result)
-    );
-    reported?;
+    report(ctx, replika, result).await?;
     let next_whole = whole_pass.resync_in(plan.resync);
     if settled {
         lock(&ctx.whole_passes).insert(owner.uid, whole_pass);

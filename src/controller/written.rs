@@ -32,6 +32,10 @@ struct InFlight {
     writes: usize,
     /// The version each held change showed, and whom it wakes unless ours.
     held: Vec<(Box<str>, Wake)>,
+    /// The versions our ownership upgrades left meanwhile: an apply that
+    /// followed one leaves only its own as the latest, yet the upgrade's echo
+    /// may come after it.
+    upgrades: Vec<Box<str>>,
 }
 
 /// Resource versions of copies as we last wrote them, by Replika UID and namespace.
@@ -51,7 +55,7 @@ pub struct WriteInFlight<'a> {
 
 impl Drop for WriteInFlight<'_> {
     fn drop(&mut self) {
-        let held = {
+        let finished = {
             let mut in_flight = lock(&self.written.in_flight);
             let Some(copy) = in_flight.get_mut(&self.key) else {
                 return;
@@ -60,11 +64,16 @@ impl Drop for WriteInFlight<'_> {
             if copy.writes > 0 {
                 return;
             }
-            in_flight.remove(&self.key).map(|copy| copy.held)
+            in_flight.remove(&self.key)
+        };
+        let Some(InFlight { held, upgrades, .. }) = finished else {
+            return;
         };
         let written = self.written.get(&self.key.0, &self.key.1);
-        for (version, wake) in held.into_iter().flatten() {
-            if !written.as_ref().is_some_and(|ours| ours.is_ours(&version)) {
+        for (version, wake) in held {
+            let ours = written.as_ref().is_some_and(|ours| ours.is_ours(&version))
+                || upgrades.contains(&version);
+            if !ours {
                 wake();
             }
         }
@@ -125,10 +134,18 @@ impl WrittenVersions {
         let held = owners
             .get_mut(owner_uid)
             .and_then(|copies| copies.get_mut(namespace));
-        if let (Some(written), Some(upgraded)) = (held, upgraded)
+        let Some(upgraded) = upgraded else {
+            return;
+        };
+        if let Some(written) = held
             && *written.latest == *created
         {
             written.created = Some(std::mem::replace(&mut written.latest, upgraded.into()));
+        }
+        drop(owners);
+        let key: CopyKey = (owner_uid.into(), namespace.into());
+        if let Some(copy) = lock(&self.in_flight).get_mut(&key) {
+            copy.upgrades.push(upgraded.into());
         }
     }
 
@@ -235,6 +252,31 @@ mod tests {
         let _other = written.write_started("uid-1", "team-b");
         written.wake_unless_own_write(&copy("uid-1", "team-a", "12"), counting(&woken));
         assert_eq!(woken.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn the_echo_of_an_upgrade_that_an_apply_followed_wakes_nobody() {
+        let written = WrittenVersions::default();
+        let woken = Arc::new(AtomicUsize::new(0));
+        written.set("uid-1", "team-a", Some("10"));
+        let span = written.write_started("uid-1", "team-a");
+        let upgrade = written.write_started("uid-1", "team-a");
+        written.upgraded("uid-1", "team-a", "10", Some("11"));
+        drop(upgrade);
+        let apply = written.write_started("uid-1", "team-a");
+        written.wake_unless_own_write(&copy("uid-1", "team-a", "11"), counting(&woken));
+        written.wake_unless_own_write(&copy("uid-1", "team-a", "12"), counting(&woken));
+        written.set("uid-1", "team-a", Some("12"));
+        drop(apply);
+        assert_eq!(woken.load(Ordering::SeqCst), 0, "held until the span ends");
+        drop(span);
+        assert_eq!(woken.load(Ordering::SeqCst), 0, "both versions are ours");
+        // The upgrade is remembered for the span alone; a change by someone
+        // else during one still wakes.
+        let span = written.write_started("uid-1", "team-a");
+        written.wake_unless_own_write(&copy("uid-1", "team-a", "13"), counting(&woken));
+        drop(span);
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
     }
 
     fn copy(owner_uid: &str, namespace: &str, version: &str) -> ObjectMeta {

@@ -125,7 +125,8 @@ pub enum SyncStep {
     Create,
     /// Nothing to write: the copy is ours and current.
     InSync,
-    /// Turn our create's `Update` field-ownership entry into an `Apply` one.
+    /// Turn our create's `Update` field-ownership entry into an `Apply` one,
+    /// before the first apply to the copy, so that the apply can remove keys.
     UpgradeOwnership,
     /// Server-side apply of the copy over the object (its UID as precondition).
     Apply,
@@ -172,10 +173,11 @@ pub fn next_step(
             let marked_current = copy.found.marks.content_hash.as_deref() == Some(template_hash);
             if marked_current && !untouched && !progress.read {
                 SyncStep::ReadFirst
-            } else if copy.needs_ownership_upgrade && !written.superseded(version) {
-                SyncStep::UpgradeOwnership
             } else if untouched && marked_current {
                 SyncStep::InSync
+            } else if copy.needs_ownership_upgrade && !written.superseded(version) {
+                // Only an apply needs it: a copy never changed keeps its create's entry.
+                SyncStep::UpgradeOwnership
             } else {
                 SyncStep::Apply
             }
@@ -274,8 +276,18 @@ mod tests {
                 expected: SyncStep::InSync,
             },
             Case {
-                what: "ours at our version, ownership not upgraded: upgrade",
+                what: "current as our create left it: nothing, its ownership waits for a change",
                 marks: current(),
+                version: "10",
+                needs_upgrade: true,
+                written: written("10", None),
+                policy: refuse,
+                progress: Progress::default(),
+                expected: SyncStep::InSync,
+            },
+            Case {
+                what: "an old hash on our create's version: upgrade, then apply",
+                marks: Some(ours("h0")),
                 version: "10",
                 needs_upgrade: true,
                 written: written("10", None),

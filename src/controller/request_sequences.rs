@@ -20,21 +20,38 @@ use crate::domain::plan::Scope;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 
-/// One exchange the scripted server expects: the request's method and path,
-/// and the answer.
+/// One exchange the scripted server expects: the request's method, path and
+/// (when given) content type, and the answer.
 struct Exchange {
     method: Method,
     path: String,
+    content_type: Option<&'static str>,
     status: StatusCode,
     body: Value,
 }
+
+/// The content type of a JSON patch (the ownership upgrade).
+const JSON_PATCH: &str = "application/json-patch+json";
+/// The content type of a server-side apply.
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
 
 fn exchange(method: Method, path: &str, status: StatusCode, body: Value) -> Exchange {
     Exchange {
         method,
         path: path.to_string(),
+        content_type: None,
         status,
         body,
+    }
+}
+
+impl Exchange {
+    /// Expects the request's body to be of `content_type` too.
+    fn of_type(self, content_type: &'static str) -> Self {
+        Exchange {
+            content_type: Some(content_type),
+            ..self
+        }
     }
 }
 
@@ -56,6 +73,15 @@ async fn serve(
             (&expected.method, expected.path.as_str()),
             "unexpected request {request:?}"
         );
+        if let Some(content_type) = expected.content_type {
+            assert_eq!(
+                request.headers().get(http::header::CONTENT_TYPE),
+                Some(&http::HeaderValue::from_static(content_type)),
+                "unexpected body type of {} {}",
+                expected.method,
+                expected.path
+            );
+        }
         let response = Response::builder()
             .status(expected.status)
             .body(Body::from(
@@ -103,9 +129,12 @@ fn stored(template: &CopyTemplate, namespace: &str, version: &str, created: bool
     object
 }
 
+fn metadata(object: &Value) -> kube::api::ObjectMeta {
+    serde_json::from_value(object["metadata"].clone()).expect("metadata")
+}
+
 fn record(object: &Value) -> CopyRecord {
-    let metadata = serde_json::from_value(object["metadata"].clone()).expect("metadata");
-    CopyRecord::from_metadata(&metadata)
+    CopyRecord::from_metadata(&metadata(object))
 }
 
 fn path(namespace: &str, name: Option<&str>) -> String {
@@ -113,6 +142,23 @@ fn path(namespace: &str, name: Option<&str>) -> String {
         Some(name) => format!("/api/v1/namespaces/{namespace}/configmaps/{name}"),
         None => format!("/api/v1/namespaces/{namespace}/configmaps"),
     }
+}
+
+/// A PATCH of `content_type` to the copy in `namespace`, answered with the
+/// copy of `template` at `version`.
+fn patched(
+    content_type: &'static str,
+    template: &CopyTemplate,
+    namespace: &str,
+    version: &str,
+) -> Exchange {
+    exchange(
+        Method::PATCH,
+        &path(namespace, Some("settings")),
+        StatusCode::OK,
+        stored(template, namespace, version, false),
+    )
+    .of_type(content_type)
 }
 
 /// Runs `sync` for each of `targets` (namespace and cached record) with a
@@ -189,10 +235,8 @@ async fn a_first_fan_out_costs_one_create_per_copy() {
     // The creates' echoes are known as our own: no pass follows them, and the
     // next one, over the cache that shows them, writes nothing.
     for ns in namespaces {
-        let object: kube::api::ObjectMeta =
-            serde_json::from_value(stored(&template, ns, "10", true)["metadata"].clone())
-                .expect("metadata");
-        assert!(written.is_own_write(&object), "{ns}");
+        let echo = metadata(&stored(&template, ns, "10", true));
+        assert!(written.is_own_write(&echo), "{ns}");
     }
     let targets = namespaces
         .iter()
@@ -212,26 +256,14 @@ async fn the_first_change_to_a_created_copy_upgrades_its_ownership_then_applies(
     let written = WrittenVersions::default();
     written_at(&written, "team-a", "10");
     let script = vec![
-        exchange(
-            Method::PATCH,
-            &path("team-a", Some("settings")),
-            StatusCode::OK,
-            stored(&old, "team-a", "11", false),
-        ),
-        exchange(
-            Method::PATCH,
-            &path("team-a", Some("settings")),
-            StatusCode::OK,
-            stored(&new, "team-a", "12", false),
-        ),
+        patched(JSON_PATCH, &old, "team-a", "11"),
+        patched(APPLY_PATCH, &new, "team-a", "12"),
     ];
     let targets = vec![("team-a", Some(record(&stored(&old, "team-a", "10", true))))];
     let outcomes = pass(targets, &new, &written, script).await;
     assert_eq!(outcomes, [Outcome::Updated]);
-    let object: kube::api::ObjectMeta =
-        serde_json::from_value(stored(&new, "team-a", "12", false)["metadata"].clone())
-            .expect("metadata");
-    assert!(written.is_own_write(&object), "the apply's version is ours");
+    let echo = metadata(&stored(&new, "team-a", "12", false));
+    assert!(written.is_own_write(&echo), "the apply's version is ours");
 }
 
 #[tokio::test]
@@ -273,12 +305,7 @@ async fn a_changed_source_costs_one_apply_per_copy() {
     let new = template("v2", false);
     let written = WrittenVersions::default();
     written_at(&written, "team-a", "7");
-    let script = vec![exchange(
-        Method::PATCH,
-        &path("team-a", Some("settings")),
-        StatusCode::OK,
-        stored(&new, "team-a", "8", false),
-    )];
+    let script = vec![patched(APPLY_PATCH, &new, "team-a", "8")];
     let targets = vec![("team-a", Some(record(&stored(&old, "team-a", "7", false))))];
     let outcomes = pass(targets, &new, &written, script).await;
     assert_eq!(outcomes, [Outcome::Updated]);

@@ -111,10 +111,6 @@ impl CopyWriter<'_> {
         let mut copy = cached.cloned();
         let mut progress = Progress::default();
         let mut replacing = false;
-        // From an ownership upgrade to the end of the sync (the apply it is
-        // for), the copy stays marked as being written, so that the upgrade's
-        // echo, held while the apply is on its way, is judged as ours after it.
-        let mut _upgrade_span = None;
         for _ in 0..MAX_STEPS {
             if !self.leadership.is_valid() {
                 return Outcome::NotLeading;
@@ -162,7 +158,6 @@ impl CopyWriter<'_> {
                     }
                 }
                 (SyncStep::UpgradeOwnership, Some(current)) => {
-                    _upgrade_span = Some(self.written.write_started(self.owner_uid, namespace));
                     let index = current.create_entry.unwrap_or_default();
                     match self.upgrade_ownership(current, index).await {
                         Ok(upgraded) => {

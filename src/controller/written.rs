@@ -32,10 +32,6 @@ struct InFlight {
     writes: usize,
     /// The version each held change showed, and whom it wakes unless ours.
     held: Vec<(Box<str>, Wake)>,
-    /// The versions our ownership upgrades left meanwhile: an apply that
-    /// followed one leaves only its own as the latest, yet the upgrade's echo
-    /// may come after it.
-    upgrades: Vec<Box<str>>,
 }
 
 /// Resource versions of copies as we last wrote them, by Replika UID and namespace.
@@ -55,7 +51,7 @@ pub struct WriteInFlight<'a> {
 
 impl Drop for WriteInFlight<'_> {
     fn drop(&mut self) {
-        let finished = {
+        let held = {
             let mut in_flight = lock(&self.written.in_flight);
             let Some(copy) = in_flight.get_mut(&self.key) else {
                 return;
@@ -64,16 +60,13 @@ impl Drop for WriteInFlight<'_> {
             if copy.writes > 0 {
                 return;
             }
-            in_flight.remove(&self.key)
-        };
-        let Some(InFlight { held, upgrades, .. }) = finished else {
-            return;
+            let held = std::mem::take(&mut copy.held);
+            in_flight.remove(&self.key);
+            held
         };
         let written = self.written.get(&self.key.0, &self.key.1);
         for (version, wake) in held {
-            let ours = written.as_ref().is_some_and(|ours| ours.is_ours(&version))
-                || upgrades.contains(&version);
-            if !ours {
+            if !written.as_ref().is_some_and(|ours| ours.is_ours(&version)) {
                 wake();
             }
         }
@@ -130,22 +123,16 @@ impl WrittenVersions {
         created: &str,
         upgraded: Option<&str>,
     ) {
-        let mut owners = self.lock();
-        let held = owners
-            .get_mut(owner_uid)
-            .and_then(|copies| copies.get_mut(namespace));
         let Some(upgraded) = upgraded else {
             return;
         };
-        if let Some(written) = held
+        if let Some(written) = self
+            .lock()
+            .get_mut(owner_uid)
+            .and_then(|copies| copies.get_mut(namespace))
             && *written.latest == *created
         {
             written.created = Some(std::mem::replace(&mut written.latest, upgraded.into()));
-        }
-        drop(owners);
-        let key: CopyKey = (owner_uid.into(), namespace.into());
-        if let Some(copy) = lock(&self.in_flight).get_mut(&key) {
-            copy.upgrades.push(upgraded.into());
         }
     }
 
@@ -207,76 +194,78 @@ mod tests {
 
     use super::*;
 
-    /// A wake that counts its calls in `woken`.
-    fn counting(woken: &Arc<AtomicUsize>) -> Wake {
-        let woken = woken.clone();
-        Box::new(move || {
-            woken.fetch_add(1, Ordering::SeqCst);
-        })
+    /// The engine's record of its writes, and a copy watch beside it that
+    /// counts the passes its changes wake.
+    #[derive(Default)]
+    struct Watched {
+        written: WrittenVersions,
+        woken: Arc<AtomicUsize>,
+    }
+
+    impl Watched {
+        /// The watch sees `uid-1`'s copy in `namespace` at `version`.
+        fn sees(&self, namespace: &str, version: &str) {
+            let woken = self.woken.clone();
+            self.written.wake_unless_own_write(
+                &copy("uid-1", namespace, version),
+                Box::new(move || {
+                    woken.fetch_add(1, Ordering::SeqCst);
+                }),
+            );
+        }
+
+        /// How many changes have woken passes so far.
+        fn woken(&self) -> usize {
+            self.woken.load(Ordering::SeqCst)
+        }
     }
 
     #[test]
     fn the_echo_of_a_write_that_arrives_before_its_answer_wakes_nobody() {
-        let written = WrittenVersions::default();
-        let woken = Arc::new(AtomicUsize::new(0));
-        let write = written.write_started("uid-1", "team-a");
-        written.wake_unless_own_write(&copy("uid-1", "team-a", "10"), counting(&woken));
-        written.set("uid-1", "team-a", Some("10"));
+        let watched = Watched::default();
+        let write = watched.written.write_started("uid-1", "team-a");
+        watched.sees("team-a", "10");
+        watched.written.set("uid-1", "team-a", Some("10"));
         drop(write);
-        assert_eq!(woken.load(Ordering::SeqCst), 0);
+        assert_eq!(watched.woken(), 0);
         // Once answered, the same version is known at once.
-        written.wake_unless_own_write(&copy("uid-1", "team-a", "10"), counting(&woken));
-        assert_eq!(woken.load(Ordering::SeqCst), 0);
+        watched.sees("team-a", "10");
+        assert_eq!(watched.woken(), 0);
     }
 
     #[test]
     fn a_change_by_someone_else_during_our_write_wakes_once_the_write_is_answered() {
-        let written = WrittenVersions::default();
-        let woken = Arc::new(AtomicUsize::new(0));
-        let first = written.write_started("uid-1", "team-a");
-        let second = written.write_started("uid-1", "team-a");
-        written.wake_unless_own_write(&copy("uid-1", "team-a", "9"), counting(&woken));
-        written.set("uid-1", "team-a", Some("10"));
+        let watched = Watched::default();
+        let first = watched.written.write_started("uid-1", "team-a");
+        let second = watched.written.write_started("uid-1", "team-a");
+        watched.sees("team-a", "9");
+        watched.written.set("uid-1", "team-a", Some("10"));
         drop(first);
-        assert_eq!(
-            woken.load(Ordering::SeqCst),
-            0,
-            "held while a write is in flight"
-        );
+        assert_eq!(watched.woken(), 0, "held while a write is in flight");
         drop(second);
-        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        assert_eq!(watched.woken(), 1);
         // Without a write in flight, a change not ours wakes at once.
-        written.wake_unless_own_write(&copy("uid-1", "team-a", "11"), counting(&woken));
-        assert_eq!(woken.load(Ordering::SeqCst), 2);
+        watched.sees("team-a", "11");
+        assert_eq!(watched.woken(), 2);
         // A write to another namespace holds nothing here.
-        let _other = written.write_started("uid-1", "team-b");
-        written.wake_unless_own_write(&copy("uid-1", "team-a", "12"), counting(&woken));
-        assert_eq!(woken.load(Ordering::SeqCst), 3);
+        let _other = watched.written.write_started("uid-1", "team-b");
+        watched.sees("team-a", "12");
+        assert_eq!(watched.woken(), 3);
     }
 
     #[test]
-    fn the_echo_of_an_upgrade_that_an_apply_followed_wakes_nobody() {
-        let written = WrittenVersions::default();
-        let woken = Arc::new(AtomicUsize::new(0));
+    fn an_upgrade_s_echo_seen_while_the_apply_after_it_is_in_flight_wakes_nobody() {
+        let watched = Watched::default();
+        let written = &watched.written;
         written.set("uid-1", "team-a", Some("10"));
-        let span = written.write_started("uid-1", "team-a");
         let upgrade = written.write_started("uid-1", "team-a");
         written.upgraded("uid-1", "team-a", "10", Some("11"));
         drop(upgrade);
         let apply = written.write_started("uid-1", "team-a");
-        written.wake_unless_own_write(&copy("uid-1", "team-a", "11"), counting(&woken));
-        written.wake_unless_own_write(&copy("uid-1", "team-a", "12"), counting(&woken));
+        watched.sees("team-a", "11");
         written.set("uid-1", "team-a", Some("12"));
         drop(apply);
-        assert_eq!(woken.load(Ordering::SeqCst), 0, "held until the span ends");
-        drop(span);
-        assert_eq!(woken.load(Ordering::SeqCst), 0, "both versions are ours");
-        // The upgrade is remembered for the span alone; a change by someone
-        // else during one still wakes.
-        let span = written.write_started("uid-1", "team-a");
-        written.wake_unless_own_write(&copy("uid-1", "team-a", "13"), counting(&woken));
-        drop(span);
-        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        assert_eq!(watched.woken(), 0);
     }
 
     fn copy(owner_uid: &str, namespace: &str, version: &str) -> ObjectMeta {

@@ -572,16 +572,48 @@ async fn malformed_requests_get_clear_errors_and_the_server_keeps_serving() {
     assert!(body.contains("\"response\""), "{body}");
 }
 
+/// Applies `deploy/overlays/<overlay>` without its two webhook configurations:
+/// they send every namespace's Replikas to a Service with no pods behind it,
+/// and the tests running beside this one in the same plane would be denied
+/// until the test narrows them. The tests register configurations of the same
+/// name, limited to their own namespace, instead.
+fn apply_overlay_but_its_webhook_configurations(h: &Harness, overlay: &str) {
+    let built = run(h.plane.kubectl().arg("kustomize").arg(format!(
+        "{}/deploy/overlays/{overlay}",
+        env!("CARGO_MANIFEST_DIR")
+    )));
+    assert!(built.status_ok, "{}", built.stderr);
+    let is_webhook_configuration = |document: &str| {
+        document.lines().any(|line| {
+            matches!(
+                line,
+                "kind: ValidatingWebhookConfiguration" | "kind: MutatingWebhookConfiguration"
+            )
+        })
+    };
+    let (dropped, kept): (Vec<&str>, Vec<&str>) = built
+        .stdout
+        .split("\n---\n")
+        .partition(|document| is_webhook_configuration(document));
+    assert_eq!(dropped.len(), 2, "the overlay's webhook configurations");
+    let file = std::env::temp_dir().join(format!(
+        "replika-overlay-{overlay}-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(&file, kept.join("\n---\n")).expect("writing the overlay");
+    let applied = run(h
+        .plane
+        .kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(&file));
+    assert!(applied.status_ok, "{}", applied.stderr);
+}
+
 #[tokio::test]
 async fn self_managed_certificates_are_created_once_shared_and_rotated_without_a_failed_apply() {
     let (h, _) = webhook();
     let client = h.admin().await;
-    let overlay = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/overlays/self-managed");
-    let applied = run(h
-        .plane
-        .kubectl()
-        .args(["apply", "--server-side", "-k", overlay]));
-    assert!(applied.status_ok, "{}", applied.stderr);
+    apply_overlay_but_its_webhook_configurations(h, "self-managed");
     let ns = namespace(&client, "self-managed").await;
     // Configurations named `replika` with no caBundle yet, for this namespace only.
     let (port_a, port_b) = (free_port(), free_port());

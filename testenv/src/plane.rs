@@ -103,12 +103,20 @@ impl ControlPlane {
     }
 
     /// Stops the plane that [`ControlPlane::start`] left in `dir` and removes
-    /// its files, except its logs. Does nothing where there is no plane.
+    /// its files, except its logs. Does nothing where there is no plane. The
+    /// plane's processes are stopped even when part of the node could not be
+    /// removed (a busy mount, say); the errors are reported together, and the
+    /// files kept so that a second call can finish the work.
     pub fn stop(dir: &Path) -> Result<()> {
         let layout = Layout::new(dir)?;
-        node::tear_down(&layout)?;
-        process::kill_recorded(&layout)?;
-        layout.remove_disposable()
+        let node = node::tear_down(&layout);
+        let processes = process::kill_recorded(&layout);
+        match (node, processes) {
+            (Ok(()), Ok(())) => layout.remove_disposable(),
+            (Err(node), Ok(())) => Err(node),
+            (Ok(()), Err(processes)) => Err(processes),
+            (Err(node), Err(processes)) => Err(anyhow!("{node:#}\n{processes:#}")),
+        }
     }
 
     /// A running plane reached through `kubeconfig`, which must be ready, with

@@ -157,11 +157,19 @@ impl Processes {
 
 /// Kills the processes whose pids a plane recorded under `<dir>/state`, and
 /// waits until they are gone. The plane's data is thrown away afterwards, so
-/// SIGKILL: there is nothing to shut down gracefully.
+/// SIGKILL: there is nothing to shut down gracefully. One that cannot be
+/// killed does not spare the others; the errors are reported together.
 pub(crate) fn kill_recorded(layout: &Layout) -> Result<()> {
-    recorded(layout)?
+    let errors: Vec<String> = recorded(layout)?
         .iter()
-        .try_for_each(|(name, pid)| kill_and_wait(*pid, name))
+        .filter_map(|(name, pid)| kill_and_wait(*pid, name).err())
+        .map(|error| format!("{error:#}"))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("{}", errors.join("\n")))
+    }
 }
 
 /// [`kill_recorded`] for the processes called `name` only.
@@ -227,9 +235,6 @@ fn kill_and_wait(pid: u32, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether `pid` is a live process running the program called `name`. Exited
-/// processes that nobody has reaped yet (zombies) have an empty command line,
-/// so they do not count.
 /// Whether our own child `pid` has not exited. Its name is not checked: just
 /// after the fork, before the exec, it still carries this process's name.
 fn is_alive(pid: u32) -> bool {
@@ -243,6 +248,9 @@ fn is_alive(pid: u32) -> bool {
     !matches!(state, None | Some('Z' | 'X'))
 }
 
+/// Whether `pid` is a live process running the program called `name`. Exited
+/// processes that nobody has reaped yet (zombies) have an empty command line,
+/// so they do not count.
 pub(crate) fn is_running(pid: u32, name: &str) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;

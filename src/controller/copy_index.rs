@@ -28,7 +28,8 @@ use crate::domain::plan::Found;
 use crate::domain::sync_steps::{CopyFacts, Version};
 use crate::locks;
 
-/// An object that may be, or collide with, a copy, as the metadata watch delivers it.
+/// An object that may be, or collide with, a copy: the metadata of what the
+/// copy watch delivers.
 pub type CopyMeta = PartialObjectMeta<DynamicObject>;
 
 /// What the engine knows of one object named like the copies.

@@ -2,10 +2,12 @@
 //!
 //! Memory stays proportional to what Replikas reference: namespaces are cached
 //! by metadata; each Replika's source is watched alone (one object, full body);
-//! and for each copied `(kind, name)` one metadata-only watch covers every
+//! and for each copied `(kind, name)` one watch, selected by name, covers every
 //! same-named object in the cluster — our copies and the objects we must not
-//! touch — kept as compact records ([`super::copy_index`]), so 100 000
-//! unrelated Secrets cost nothing and each copy little.
+//! touch. Its objects arrive whole (the API server encodes each event once for
+//! every such watcher) but only their metadata is parsed, kept as compact
+//! records ([`super::copy_index`]), so 100 000 unrelated Secrets cost nothing
+//! and each copy little.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,7 +114,7 @@ pub struct WatchView<S> {
     pub health: Arc<WatchHealth>,
 }
 
-/// Identifies the metadata watch over all objects of one kind with one name.
+/// Identifies the watch over all objects of one kind with one name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CopyCacheKey {
     pub gvk: GroupVersionKind,

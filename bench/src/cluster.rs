@@ -43,6 +43,27 @@ pub struct Cluster {
     pub external: bool,
 }
 
+impl Cluster {
+    /// Has the API server collect its garbage now: asked for its heap profile
+    /// with `gc=1`, it runs a full collection first (the profile is dropped).
+    pub async fn collect_api_server_garbage(&self) -> Result<()> {
+        let request = http::Request::get("/debug/pprof/heap?gc=1")
+            .body(kube::client::Body::from(Vec::new()))?;
+        let response = self
+            .admin
+            .send(request)
+            .await
+            .context("cannot reach the API server's /debug/pprof/heap")?;
+        let status = response.status();
+        response.into_body().collect_bytes().await?;
+        ensure!(
+            status.is_success(),
+            "the API server answered {status} for /debug/pprof/heap (is it run with --profiling=false?)"
+        );
+        Ok(())
+    }
+}
+
 /// The plane to run on: the running one `kubeconfig` names, or a private one
 /// that is torn down (by testenv's watchdog) when this process ends.
 ///

@@ -47,23 +47,39 @@ pub async fn reconcile(mut replika: Arc<Replika>, ctx: Arc<Context>) -> Result<A
         // A spec stored past admission (before the webhooks existed) that does
         // not validate is reported once; it gets no finalizer, since it never
         // has copies to clean up, and no write that its webhook would refuse.
-        if let Err(problems) = validate(&replika.spec, &owner.namespace) {
-            ctx.watches.forget(&ObjectRef::from_obj(&*replika));
-            report(
-                &ctx,
-                &replika,
-                PassResult::Blocked(Blocked::Invalid(problems)),
-            )
-            .await?;
-            return Ok(Action::await_change());
-        }
+        let plan = match validate(&replika.spec, &owner.namespace) {
+            Ok(plan) => plan,
+            Err(problems) => {
+                ctx.watches.forget(&ObjectRef::from_obj(&*replika));
+                report(
+                    &ctx,
+                    &replika,
+                    PassResult::Blocked(Blocked::Invalid(problems)),
+                )
+                .await?;
+                return Ok(Action::await_change());
+            }
+        };
         // The finalizer is added here and the pass goes on with the object the
         // patch returned, rather than waiting for its watch event: a new
-        // Replika's copies arrive one round trip sooner.
+        // Replika's copies arrive one round trip sooner. Its watches start
+        // listing meanwhile; the pass opens the same caches again and reports
+        // what they show (so their state here is not looked at). Without the
+        // finalizer no cleanup would ever close them, so a failed patch does.
         if !ctx.settings.leadership.is_valid() {
             return Ok(Action::requeue(RETRY_BLOCKED));
         }
-        replika = Arc::new(add_finalizer(&api, &replika).await?);
+        let (_, with_finalizer) = tokio::join!(
+            open_caches(&replika, &plan, &ctx),
+            add_finalizer(&api, &replika)
+        );
+        replika = match with_finalizer {
+            Ok(with_finalizer) => Arc::new(with_finalizer),
+            Err(error) => {
+                ctx.watches.forget(&ObjectRef::from_obj(&*replika));
+                return Err(error);
+            }
+        };
     }
     finalizer(&api, FINALIZER, replika, |event| async {
         match event {

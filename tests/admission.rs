@@ -596,16 +596,11 @@ fn apply_overlay_but_its_webhook_configurations(h: &Harness, overlay: &str) {
         .split("\n---\n")
         .partition(|document| is_webhook_configuration(document));
     assert_eq!(dropped.len(), 2, "the overlay's webhook configurations");
-    let file = std::env::temp_dir().join(format!(
-        "replika-overlay-{overlay}-{}.yaml",
-        std::process::id()
-    ));
-    std::fs::write(&file, kept.join("\n---\n")).expect("writing the overlay");
     let applied = run(h
         .plane
         .kubectl()
-        .args(["apply", "--server-side", "-f"])
-        .arg(&file));
+        .args(["apply", "--server-side", "-f", "-"])
+        .stdin(pipe_file(&kept.join("\n---\n"))));
     assert!(applied.status_ok, "{}", applied.stderr);
 }
 
